@@ -78,6 +78,27 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return self.unembedding.weight.dtype
 
+    @property
+    def final_logit_softcapping(self) -> float | None:
+        """Gemma's ``cap`` in ``logits = cap * tanh(logits / cap)``, or ``None`` (most models, Gemma 3)."""
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return getattr(text_config, "final_logit_softcapping", None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``y = LN(h) W^T`` (Sec. 4) from the output ``h`` of the last block, as the model computes them.
+
+        Applies the final norm, the unembedding and, where the model has one, Gemma's final logit
+        softcapping, so that ``lm.logits(h)`` equals the model's own logits. (Gemma's embedding scaling by
+        ``sqrt(d)`` happens inside its embedding module, before the first block, and needs nothing here.)
+        Call it on the positions whose logits are needed only: the unembedding is the widest matrix.
+        """
+        logits = self.unembedding(self.final_norm(hidden))
+        cap = self.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if it indexes a block, else raise a ``ValueError`` giving the valid range."""
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
