@@ -18,12 +18,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from steerlib.models import LoadedModel
+from steerlib.steering import resolve_vector, steered_log_probs, steered_next_token_log_probs
 
 Distance = Literal["tv", "js"]
 
@@ -32,7 +38,7 @@ def limit_logits(lm: LoadedModel, v: torch.Tensor, sign: int = 1) -> torch.Tenso
     """The limit logits ``LN(±v) Wᵀ`` of Prop. 4.1, in float32 on the CPU.
 
     ``LN`` is the model's final norm (RMSNorm for Llama-family models, LayerNorm for GPT-2) and ``W`` its
-    unembedding. Both norms are invariant to positive rescaling of their input (up to their ``eps``), so
+    unembedding (with Gemma's final soft-capping where the model has it, see ``LoadedModel.logits``). Both norms are invariant to positive rescaling of their input (up to their ``eps``), so
     the result does not depend on ``|v|``.
 
     Args:
@@ -50,7 +56,7 @@ def limit_logits(lm: LoadedModel, v: torch.Tensor, sign: int = 1) -> torch.Tenso
         raise ValueError("v must be finite and non-zero: the limit LN(±v)Wᵀ is undefined for v = 0")
     x = (sign * v).to(device=lm.device, dtype=lm.dtype)
     with torch.no_grad():
-        return lm.unembedding(lm.final_norm(x)).float().cpu()
+        return lm.logits(x).float().cpu()
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -121,3 +127,162 @@ def loglog_slope(alphas: np.ndarray, values: np.ndarray, tail: int = 3) -> float
     if np.any(values[order] <= 0) or np.any(alphas[order] <= 0):
         raise ValueError("values and |α| on the fitted tail must be positive for a log-log slope")
     return float(np.polyfit(np.log(alphas[order]), np.log(values[order]), 1)[0])
+
+
+@dataclass
+class LimitSweep:
+    """Distances to the Prop. 4.1 limit over a grid of ``|α|``, for both signs, several layers and prompts.
+
+    Args:
+        alphas: the magnitudes ``|α|``, increasing, shape ``(A,)``; sign ``s`` steers with ``s·|α|``.
+        layers: the steered blocks, shape ``(L,)``.
+        prompts: the prompts whose next-token distributions are compared.
+        kl: ``KL(σ(y(s|α|)) ‖ σ(LN(s v)Wᵀ))`` at the last position, shape ``(2, L, P, A)``, sign ``+1`` first.
+        pairwise_tv: largest total-variation distance between the steered next-token distributions of two
+            prompts, shape ``(2, L, A)``.
+        pairwise_js: the same with the Jensen-Shannon divergence (nats), shape ``(2, L, A)``.
+        unsteered_tv: the largest pairwise total-variation distance at ``α = 0`` (the prompts' own spread).
+        limit_top_tokens: for each sign and layer, the three most probable tokens of ``σ(LN(±v)Wᵀ)``.
+        model_name: the model the sweep ran on.
+        positions: ``"all"`` or ``"last"``, where ``α v`` was added.
+    """
+
+    alphas: np.ndarray
+    layers: np.ndarray
+    prompts: list[str]
+    kl: np.ndarray
+    pairwise_tv: np.ndarray
+    pairwise_js: np.ndarray
+    unsteered_tv: float
+    limit_top_tokens: list[list[list[str]]] = field(default_factory=list)
+    model_name: str = ""
+    positions: str = "all"
+
+    SIGNS = (1, -1)
+
+    def mean_kl(self) -> np.ndarray:
+        """KL averaged over prompts, shape ``(2, L, A)``."""
+        return self.kl.mean(axis=2)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the sweep to one ``.npz`` file, atomically (written beside, then renamed); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"prompts": self.prompts, "unsteered_tv": self.unsteered_tv, "model_name": self.model_name,
+                "positions": self.positions, "limit_top_tokens": self.limit_top_tokens}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, alphas=self.alphas, layers=self.layers, kl=self.kl, pairwise_tv=self.pairwise_tv,
+                 pairwise_js=self.pairwise_js, meta=np.array(json.dumps(meta)))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LimitSweep:
+        """Read a sweep written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"no limit sweep at {path}: run large_alpha_sweep(...) and save it first")
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            return cls(alphas=data["alphas"], layers=data["layers"], kl=data["kl"], pairwise_tv=data["pairwise_tv"],
+                       pairwise_js=data["pairwise_js"], **meta)
+
+
+def large_alpha_sweep(
+    lm: LoadedModel,
+    vectors: Mapping[int, object],
+    prompts: Sequence[str],
+    alphas: Sequence[float],
+    positions: str = "all",
+    progress: bool = True,
+) -> LimitSweep:
+    """Measure how fast the steered next-token distribution reaches ``σ(LN(±v)Wᵀ)`` (Prop. 4.1).
+
+    For every layer ``ℓ`` (with its own vector ``v^(ℓ)``), prompt and ``α = ±|α|``, computes the last-position
+    log-probabilities ``log σ(y(α))`` with the α-batched forward of :mod:`steerlib.steering`, then their KL
+    divergence to the limit and the spread between prompts.
+
+    Args:
+        lm: the model.
+        vectors: layer -> steering vector (a ``SteeringVector`` or a 1-D tensor) for that layer.
+        prompts: at least two prompts (the spread between prompts needs two).
+        alphas: positive magnitudes ``|α|``; both signs are run.
+        positions: ``"all"`` (default, Sec. 4) or ``"last"``.
+        progress: show a progress bar over layers and prompts.
+    """
+    prompts = list(prompts)
+    if len(prompts) < 2:
+        raise ValueError("give at least two prompts: Prop. 4.1 says their steered distributions merge")
+    magnitudes = np.sort(np.asarray(alphas, dtype=float))
+    if magnitudes.ndim != 1 or magnitudes.size == 0 or np.any(magnitudes <= 0):
+        raise ValueError("alphas must be a non-empty 1-D grid of positive magnitudes |α| (both signs are run)")
+    if not vectors:
+        raise ValueError("vectors is empty: give {layer: steering vector}")
+    layers = sorted(int(layer) for layer in vectors)
+    signed = np.concatenate([magnitudes, -magnitudes])
+    n_a = magnitudes.size
+    kl = np.zeros((2, len(layers), len(prompts), n_a))
+    pairwise_tv = np.zeros((2, len(layers), n_a))
+    pairwise_js = np.zeros((2, len(layers), n_a))
+    top_tokens: list[list[list[str]]] = [[], []]
+    unsteered = []
+    steps = tqdm(total=len(layers) * len(prompts), desc="large-α sweep", disable=not progress)
+    for li, layer in enumerate(layers):
+        v, _ = resolve_vector(lm, vectors[layer], layer)
+        limits = [limit_logits(lm, v.cpu(), sign) for sign in LimitSweep.SIGNS]
+        for si, limit in enumerate(limits):
+            top = torch.topk(limit, 3).indices.tolist()
+            top_tokens[si].append([lm.tokenizer.decode([t]) for t in top])
+        per_prompt = []
+        for pi, prompt in enumerate(prompts):
+            log_probs = steered_next_token_log_probs(lm, prompt, v, signed, layer=layer, positions=positions).cpu()
+            per_prompt.append(log_probs)
+            for si, limit in enumerate(limits):
+                kl[si, li, pi] = kl_divergence(log_probs[si * n_a:(si + 1) * n_a], limit).numpy()
+            if li == 0:
+                unsteered.append(steered_next_token_log_probs(lm, prompt, v, [0.0], layer=layer)[0].cpu())
+            steps.update()
+        stacked = torch.stack(per_prompt)  # (P, 2A, V)
+        for si in range(2):
+            for ai in range(n_a):
+                rows = stacked[:, si * n_a + ai]
+                pairwise_tv[si, li, ai] = max_pairwise_distance(rows, "tv")
+                pairwise_js[si, li, ai] = max_pairwise_distance(rows, "js")
+    steps.close()
+    return LimitSweep(alphas=magnitudes, layers=np.array(layers), prompts=prompts, kl=kl, pairwise_tv=pairwise_tv,
+                      pairwise_js=pairwise_js, unsteered_tv=max_pairwise_distance(torch.stack(unsteered), "tv"),
+                      limit_top_tokens=top_tokens, model_name=lm.name, positions=positions)
+
+
+def _text_ids(lm: LoadedModel, text: str) -> torch.Tensor:
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"][0]
+    if ids.numel() < 2:
+        raise ValueError(f"text {text!r} has fewer than two tokens: cross-entropy needs a token to predict")
+    return ids
+
+
+def steered_cross_entropy(lm: LoadedModel, texts: Sequence[str], vector, alphas: Sequence[float],
+                          layer: int | None = None) -> np.ndarray:
+    """Mean next-token cross-entropy of ``texts`` with ``α v`` added at every position, for each ``α``.
+
+    ``CE(α) = -(1/#tokens) Σ_texts Σ_t log σ_{z_{t+1}}(y_t(α))`` over every predicted token of every text
+    (the LLM counterpart of Def. 3.7's ``CE(f_α)``). Returns shape ``(len(alphas),)``.
+    """
+    total, count = np.zeros(len(alphas)), 0
+    for text in texts:
+        ids = _text_ids(lm, text)
+        log_probs = steered_log_probs(lm, ids, vector, alphas, layer=layer,
+                                      logit_positions=range(ids.numel() - 1)).cpu()
+        targets = ids[1:].reshape(1, -1, 1).expand(log_probs.shape[0], -1, 1)
+        total += -log_probs.gather(-1, targets).squeeze(-1).double().sum(-1).numpy()
+        count += ids.numel() - 1
+    return total / count
+
+
+def limit_cross_entropy(lm: LoadedModel, texts: Sequence[str], v: torch.Tensor, sign: int = 1) -> float:
+    """The plateau of ``CE(α)`` as ``α -> ±∞`` predicted by Prop. 4.1: every position predicts with
+    ``σ(LN(±v)Wᵀ)``, so ``CE(±∞) = -(1/#tokens) Σ_texts Σ_t log σ_{z_{t+1}}(LN(±v)Wᵀ)``.
+    """
+    log_limit = torch.log_softmax(limit_logits(lm, v, sign).double(), dim=-1)
+    targets = torch.cat([_text_ids(lm, text)[1:] for text in texts])
+    return float(-log_limit[targets].mean())
