@@ -90,3 +90,26 @@ def test_loglog_slope_recovers_a_power_law():
     assert loglog_slope(-alphas, 3.0 * alphas**-1.0, tail=4) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="positive"):
         loglog_slope(alphas, np.zeros(4))
+
+
+def test_large_alpha_sweep_converges_to_the_limit_on_a_tiny_model(tmp_path):
+    from test_models import tiny_lm
+
+    from steerlib.limits import LimitSweep, large_alpha_sweep, limit_cross_entropy, steered_cross_entropy
+
+    lm = tiny_lm("llama")
+    torch.manual_seed(1)
+    v = torch.randn(lm.hidden_size)
+    sweep = large_alpha_sweep(lm, {1: v, 3: v}, ["hello there", "a cat sat"], [1.0, 1e2, 1e4, 1e6],
+                              progress=False)
+    assert sweep.kl.shape == (2, 2, 2, 4) and sweep.pairwise_tv.shape == (2, 2, 4)
+    assert np.all(sweep.mean_kl()[..., -1] < 1e-6)
+    assert np.all(sweep.pairwise_tv[..., -1] < 1e-3)
+    assert np.all(sweep.mean_kl()[..., -1] < sweep.mean_kl()[..., 0])
+    loaded = LimitSweep.load(sweep.save(tmp_path / "limit.npz"))
+    assert np.array_equal(loaded.kl, sweep.kl) and loaded.prompts == sweep.prompts
+    ce = steered_cross_entropy(lm, ["hello there"], v, [1e6, -1e6], layer=2)
+    assert ce[0] == pytest.approx(limit_cross_entropy(lm, ["hello there"], v, +1), rel=1e-3)
+    assert ce[1] == pytest.approx(limit_cross_entropy(lm, ["hello there"], v, -1), rel=1e-3)
+    with pytest.raises(ValueError, match="two prompts"):
+        large_alpha_sweep(lm, {1: v}, ["only one"], [1.0])

@@ -1,0 +1,165 @@
+"""Token-averaged activations of the saved prompt sets, computed once per model and reused by the chapters.
+
+Taught in the chapter "Steering vectors from generated prompt sets" (``book/llm/steering_vectors.md``).
+Eq. (3) needs, for every text ``j`` of P and N, the token-wise mean ``h_j^(ℓ)`` of the residual stream at
+every block ``ℓ`` (Sec. 4). Those means are the only expensive part: once they are known, the steering
+vector of any layer, the bootstrap resamplings of P and N (App. A error bars) and the norms per layer are
+cheap. This module computes them for the first ``n_texts`` texts of a prompt set
+(:func:`steerlib.prompts.load_prompt_set`) and caches them under a folder, one safetensors file per
+(model, concept, kind, size, first-position policy).
+
+Example:
+    >>> lm = load_model()
+    >>> vectors = concept_vectors(lm, "joy", "random", n_texts=32, folder="results/vectors")
+    >>> vectors[15].norm                      # ‖v^(15)‖ for joy, N random
+    >>> resampled = concept_bootstrap_vectors(lm, "joy", "random", 32, "results/vectors", n_resamples=5)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from steerlib.models import LoadedModel
+from steerlib.prompts import load_prompt_set
+from steerlib.vectors import (SETTINGS, FirstPosition, SteeringVector, bootstrap_vectors, token_mean_activations,
+                              vectors_from_activations)
+
+NEGATIVE_KIND = {"random": "negative_random", "contrastive": "negative_contrastive"}
+"""The prompt-set kind that plays N in each setting (Sec. 4)."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def activations_path(folder: str | os.PathLike, model_name: str, concept: str, kind: str, n_texts: int,
+                     first_position: str) -> Path:
+    """Where :func:`prompt_set_activations` caches one prompt set's per-text means."""
+    return Path(folder) / f"{_slug(model_name)}-{_slug(concept)}-{kind}-n{n_texts}-{first_position}.safetensors"
+
+
+def prompt_set_activations(
+    lm: LoadedModel,
+    concept: str,
+    kind: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    first_position: FirstPosition = "exclude",
+    batch_size: int = 8,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """``h_j^(ℓ)`` for the first ``n_texts`` texts of a prompt set and every block, loaded or computed.
+
+    Args:
+        lm: the model.
+        concept: the concept whose prompt-set file is read (``data/prompt_sets/<concept>.jsonl``).
+        kind: ``"positive"``, ``"negative_random"`` or ``"negative_contrastive"``.
+        n_texts: how many texts (the first ones of the file); the file must hold at least that many.
+        folder: cache folder.
+        first_position: ``"exclude"`` (default) or ``"include"`` the first token of each text in its mean.
+        batch_size: texts per forward pass.
+        progress: show a progress bar.
+        prompt_folder: folder of the prompt-set files (default ``data/prompt_sets/``).
+
+    Returns:
+        fp32 CPU tensor of shape ``(n_texts, lm.n_layers, lm.hidden_size)``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if n_texts < 1:
+        raise ValueError(f"n_texts must be at least 1, got {n_texts}")
+    path = activations_path(folder, lm.name, concept, kind, n_texts, first_position)
+    if path.exists():
+        return load_file(str(path))["activations"]
+    texts = load_prompt_set(concept, kind, prompt_folder)
+    if len(texts) < n_texts:
+        raise ValueError(f"the {kind} prompt set of {concept!r} has {len(texts)} texts, fewer than n_texts = "
+                         f"{n_texts}: lower n_texts or generate more with steerlib.prompts.generate_prompt_sets")
+    activations = token_mean_activations(lm, texts[:n_texts], None, first_position, batch_size, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"activations": activations.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return activations
+
+
+def _check_setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise ValueError(f"setting={setting!r}: use 'random' (N from an empty prompt) or 'contrastive' "
+                         "(N from the negated concept).")
+    return setting
+
+
+def concept_vectors(
+    lm: LoadedModel,
+    concept: str,
+    setting: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    layers: list[int] | None = None,
+    first_position: FirstPosition = "exclude",
+    normalise: bool = False,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> dict[int, SteeringVector]:
+    """Difference-of-means vectors ``v^(ℓ)`` (Eq. (3)) of ``concept`` from its saved prompt sets, cached.
+
+    P is the ``positive`` set, N the ``negative_random`` or ``negative_contrastive`` set (``setting``), each
+    cut to its first ``n_texts`` texts; every block's means come from one cached forward pass per set.
+
+    Args:
+        lm: the model.
+        concept: e.g. ``"joy"``.
+        setting: ``"random"`` or ``"contrastive"``.
+        n_texts: ``|P| = |N|``.
+        folder: cache folder of the activations.
+        layers: blocks to return (default all).
+        first_position: ``"exclude"`` (default) or ``"include"`` (see :mod:`steerlib.vectors`).
+        normalise: scale each vector to unit norm (App. A, Fig. A.1).
+        progress: show progress bars when computing.
+        prompt_folder: folder of the prompt-set files (default ``data/prompt_sets/``).
+    """
+    positive, negative = _set_activations(lm, concept, setting, n_texts, folder, first_position, progress,
+                                          prompt_folder)
+    layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(layer) for layer in layers]
+    return vectors_from_activations(positive[:, layers], negative[:, layers], layers, lm.name, concept, setting,
+                                    first_position, normalise)
+
+
+def concept_bootstrap_vectors(
+    lm: LoadedModel,
+    concept: str,
+    setting: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    layers: list[int] | None = None,
+    n_resamples: int = 5,
+    seed: int = 0,
+    first_position: FirstPosition = "exclude",
+    normalise: bool = False,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> list[dict[int, SteeringVector]]:
+    """Vectors from ``n_resamples`` bootstrap resamplings of P and N (App. A, Fig. A.3), from cached means.
+
+    Arguments as in :func:`concept_vectors`; ``seed`` fixes the resampling.
+    """
+    positive, negative = _set_activations(lm, concept, setting, n_texts, folder, first_position, progress,
+                                          prompt_folder)
+    layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(layer) for layer in layers]
+    return bootstrap_vectors(positive[:, layers], negative[:, layers], layers, lm.name, concept, setting,
+                             n_resamples, seed, first_position, normalise)
+
+
+def _set_activations(lm, concept, setting, n_texts, folder, first_position, progress, prompt_folder):
+    kind = NEGATIVE_KIND[_check_setting(setting)]
+    positive = prompt_set_activations(lm, concept, "positive", n_texts, folder, first_position, progress=progress,
+                                      prompt_folder=prompt_folder)
+    negative = prompt_set_activations(lm, concept, kind, n_texts, folder, first_position, progress=progress,
+                                      prompt_folder=prompt_folder)
+    return positive, negative

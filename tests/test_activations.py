@@ -1,0 +1,64 @@
+"""Tests of steerlib.activations: cached per-text means of the prompt sets and the vectors built from them."""
+
+import json
+
+import pytest
+import torch
+from test_models import tiny_lm
+
+from steerlib.activations import activations_path, concept_bootstrap_vectors, concept_vectors, prompt_set_activations
+from steerlib.vectors import steering_vectors
+
+TEXTS = {
+    "positive": ["I am so happy today", "what a joyful morning", "laughing with friends", "sunny and glad"],
+    "negative_random": ["the table has four legs", "stock prices fell", "a list of numbers", "rain in May"],
+    "negative_contrastive": ["I am so sad today", "what a gloomy morning", "crying alone", "grey and low"],
+}
+
+
+@pytest.fixture()
+def prompt_folder(tmp_path):
+    folder = tmp_path / "prompt_sets"
+    folder.mkdir()
+    records = [{"concept": "joy", "kind": kind, "text": text} for kind, texts in TEXTS.items() for text in texts]
+    (folder / "joy.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_concept_vectors_equal_eq3_on_the_same_texts(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    for setting, kind in (("random", "negative_random"), ("contrastive", "negative_contrastive")):
+        cached = concept_vectors(lm, "joy", setting, 3, tmp_path / "cache", layers=[1, 3], progress=False,
+                                 prompt_folder=prompt_folder)
+        direct = steering_vectors(lm, TEXTS["positive"][:3], TEXTS[kind][:3], "joy", setting, layers=[1, 3],
+                                  progress=False)
+        assert sorted(cached) == [1, 3]
+        for layer in (1, 3):
+            assert torch.allclose(cached[layer].vector, direct[layer].vector, atol=1e-5)
+            assert cached[layer].setting == setting and cached[layer].n_pos == 3
+
+
+def test_activations_are_cached_and_reused(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    first = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    path = activations_path(tmp_path, lm.name, "joy", "positive", 2, "exclude")
+    assert path.exists() and first.shape == (2, lm.n_layers, lm.hidden_size)
+    (prompt_folder / "joy.jsonl").unlink()  # the cache must not need the texts any more
+    again = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert torch.equal(first, again)
+
+
+def test_bootstrap_vectors_differ_between_resamplings(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    resampled = concept_bootstrap_vectors(lm, "joy", "random", 4, tmp_path, layers=[2], n_resamples=3,
+                                          progress=False, prompt_folder=prompt_folder)
+    assert len(resampled) == 3
+    assert not torch.allclose(resampled[0][2].vector, resampled[1][2].vector)
+
+
+def test_bad_requests_say_what_to_do(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match="lower n_texts"):
+        prompt_set_activations(lm, "joy", "positive", 10, tmp_path, progress=False, prompt_folder=prompt_folder)
+    with pytest.raises(ValueError, match="setting"):
+        concept_vectors(lm, "joy", "opposite", 2, tmp_path, prompt_folder=prompt_folder)
