@@ -80,10 +80,13 @@ class LoadedModel:
 
     @property
     def final_logit_softcapping(self) -> float | None:
-        """Gemma's ``cap`` in ``logits = cap * tanh(logits / cap)``, or ``None`` (most models, Gemma 3)."""
-        config = self.model.config
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return getattr(text_config, "final_logit_softcapping", None)
+        """Gemma's ``cap`` in ``logits = cap * tanh(logits / cap)``, or ``None`` (most models).
+
+        Read from the top-level config, as the model's own forward does: Gemma 2 and ``Gemma3ForCausalLM``
+        apply it when set (released Gemma 3 checkpoints leave it unset); ``Gemma3ForConditionalGeneration``
+        never applies it, whatever its text config says.
+        """
+        return getattr(self.model.config, "final_logit_softcapping", None)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``y = LN(h) W^T`` (Sec. 4) from the output ``h`` of the last block, as the model computes them.

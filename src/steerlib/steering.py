@@ -222,9 +222,8 @@ def _call_block(block, call: tuple[tuple, dict], hidden: torch.Tensor, cache=Non
     if cache is not None:
         from transformers import Cache
 
-        for key, value in kwargs.items():
-            if isinstance(value, Cache):
-                kwargs[key] = cache
+        kwargs = {key: cache if isinstance(value, Cache) else value for key, value in kwargs.items()}
+        args = tuple(cache if isinstance(value, Cache) else value for value in args)
     if args:
         args = (hidden,) + tuple(args[1:])
     else:

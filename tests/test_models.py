@@ -1,0 +1,142 @@
+"""Architecture discovery on tiny randomly initialised models of every supported family (offline).
+
+``tiny_lm`` and ``CharTokenizer`` are also imported by the steering, vector and sweep tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from steerlib.models import LoadedModel, find_blocks, find_final_norm, find_parts, find_unembedding
+from steerlib.steering import block_hidden
+
+VOCABULARY = 64
+FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma3", "gemma3-multimodal")
+
+
+class CharTokenizer:
+    """A byte-level stand-in for a tokenizer: one token per character (code point mod the vocabulary)."""
+
+    pad_token_id = 0
+    pad_token = "<pad>"
+    eos_token = "<pad>"
+
+    def __call__(self, text: str, return_tensors: str | None = None):
+        ids = [1 + ord(char) % (VOCABULARY - 1) for char in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+    def decode(self, ids) -> str:
+        return "".join(chr(96 + int(i) % 26) for i in ids)
+
+
+def _config(family: str):
+    common = dict(vocab_size=VOCABULARY, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    gemma_text = dict(common, head_dim=8, sliding_window=4, final_logit_softcapping=1.0,
+                      layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])
+    if family == "gpt2":
+        return transformers.GPT2LMHeadModel, transformers.GPT2Config(
+            vocab_size=VOCABULARY, n_embd=32, n_layer=4, n_head=4, n_positions=128, initializer_range=0.2,
+            bos_token_id=None, eos_token_id=None)
+    if family == "llama":
+        return transformers.LlamaForCausalLM, transformers.LlamaConfig(**common)
+    if family == "qwen2":
+        return transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**common)
+    if family == "qwen3":
+        return transformers.Qwen3ForCausalLM, transformers.Qwen3Config(**common, head_dim=8)
+    if family == "mistral":
+        return transformers.MistralForCausalLM, transformers.MistralConfig(**common, sliding_window=4)
+    if family == "gemma3":
+        return transformers.Gemma3ForCausalLM, transformers.Gemma3TextConfig(**gemma_text)
+    if family == "gemma3-multimodal":
+        vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=28, patch_size=14)
+        text = transformers.Gemma3TextConfig(**gemma_text)
+        return transformers.Gemma3ForConditionalGeneration, transformers.Gemma3Config(
+            text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
+    raise ValueError(family)
+
+
+_CACHE: dict[tuple[str, torch.dtype], LoadedModel] = {}
+
+
+def tiny_lm(family: str = "llama", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A 4-block randomly initialised model of ``family`` (seed 0), wrapped with a character tokenizer."""
+    key = (family, dtype)
+    if key not in _CACHE:
+        model_class, config = _config(family)
+        torch.manual_seed(0)
+        model = model_class(config).to(dtype)
+        _CACHE[key] = find_parts(model, CharTokenizer(), f"tiny-{family}")
+    return _CACHE[key]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_discovery_finds_blocks_norm_and_unembedding(family):
+    lm = tiny_lm(family)
+    assert lm.n_layers == 4
+    assert lm.hidden_size == 32
+    assert all(type(block).__name__.endswith(("Block", "DecoderLayer")) for block in lm.blocks)
+    assert "Norm" in type(lm.final_norm).__name__
+    assert isinstance(lm.unembedding, nn.Linear) and lm.unembedding.weight.shape == (VOCABULARY, 32)
+    assert not lm.model.training
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_from_last_block_equal_model_logits(family):
+    """``lm.logits(h^(L))`` (final norm, unembedding, softcapping where the model applies it) = the model's logits."""
+    lm = tiny_lm(family)
+    ids = torch.randint(1, VOCABULARY, (2, 9), generator=torch.Generator().manual_seed(1))
+    recorded = {}
+    handle = lm.blocks[-1].register_forward_hook(lambda m, a, out: recorded.setdefault("h", block_hidden(out)))
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits
+    handle.remove()
+    with torch.no_grad():
+        ours = lm.logits(recorded["h"])
+    torch.testing.assert_close(ours, logits, rtol=0, atol=1e-6)
+
+
+def test_gemma_softcapping_is_read_as_the_model_applies_it():
+    assert tiny_lm("gemma3").final_logit_softcapping == 1.0
+    assert tiny_lm("gemma3-multimodal").final_logit_softcapping is None  # its forward never caps
+    assert tiny_lm("llama").final_logit_softcapping is None
+
+
+def test_multimodal_gemma_uses_its_language_model():
+    lm = tiny_lm("gemma3-multimodal")
+    assert lm.blocks is lm.model.model.language_model.layers
+    assert lm.final_norm is lm.model.model.language_model.norm
+
+
+def test_unknown_architecture_names_the_override():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.ModuleList([nn.Linear(4, 4)])
+            self.head = nn.Linear(4, 8)
+            self.final = nn.LayerNorm(4)
+
+    model = Odd()
+    with pytest.raises(ValueError, match="blocks_path="):
+        find_blocks(model)
+    with pytest.raises(ValueError, match="final_norm_path="):
+        find_final_norm(model)
+    with pytest.raises(ValueError, match="unembedding_path="):
+        find_unembedding(model)
+    lm = find_parts(model, None, "odd", blocks_path="trunk", final_norm_path="final", unembedding_path="head")
+    assert lm.n_layers == 1 and lm.hidden_size == 4
+    with pytest.raises(ValueError, match="no attribute path"):
+        find_blocks(model, "missing.path")
+
+
+def test_check_layer_range():
+    lm = tiny_lm("llama")
+    assert lm.check_layer(3) == 3
+    for bad in (-1, 4, 1.5):
+        with pytest.raises(ValueError, match="0..3"):
+            lm.check_layer(bad)

@@ -1,0 +1,173 @@
+"""Steering by hooks and by the α-batched forward: equal to a hooked full forward, safe at huge α."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlib.steering import mean_residual_norm, steer, steered_log_probs, steered_next_token_log_probs
+from steerlib.vectors import SteeringVector
+from test_models import FAMILIES, VOCABULARY, tiny_lm
+
+PROMPT = torch.tensor([5, 17, 33, 2, 40, 41, 9, 12, 60, 3])  # 10 tokens: longer than the sliding windows (4)
+ALPHAS = torch.tensor([-30.0, -4.0, 0.0, 1.5, 8.0, 60.0])
+
+
+def direction(lm, seed: int = 0) -> torch.Tensor:
+    return torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(seed))
+
+
+def hooked_full_forward(lm, ids, v, alphas, layer, positions) -> torch.Tensor:
+    """The reference: the model's own forward on the α-batch with :func:`steer`, all logits of all positions."""
+    with torch.no_grad(), steer(lm, v, alphas, layer=layer, positions=positions):
+        logits = lm.model(input_ids=ids[None].expand(len(alphas), -1)).logits
+    return logits.float().log_softmax(dim=-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_batched_forward_equals_hooked_full_forward(family, positions):
+    lm = tiny_lm(family)
+    v = direction(lm)
+    for layer in (0, 2, lm.n_layers - 1):
+        reference = hooked_full_forward(lm, PROMPT, v, ALPHAS, layer, positions)[:, -1].exp()
+        ours = steered_next_token_log_probs(lm, PROMPT, v, ALPHAS, layer=layer, positions=positions).exp()
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+        assert (reference[-1] - reference[2]).abs().max() > 1e-2  # steering does move the distribution
+
+
+def test_batched_forward_other_positions_and_chunks():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    reference = hooked_full_forward(lm, PROMPT, v, ALPHAS, 1, "all")[:, [0, 4, -1]].exp()
+    ours = steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, logit_positions=(0, 4, -1), batch_size=4).exp()
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="logit_positions"):
+        steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, positions="last", logit_positions=(3,))
+    with pytest.raises(ValueError, match="logit_positions"):
+        steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, logit_positions=(10,))
+
+
+def test_last_position_steering_leaves_earlier_positions_alone():
+    lm = tiny_lm("qwen2")
+    v = direction(lm)
+    steered = hooked_full_forward(lm, PROMPT, v, ALPHAS, 1, "last")
+    plain = hooked_full_forward(lm, PROMPT, v, torch.zeros(len(ALPHAS)), 1, "all")
+    torch.testing.assert_close(steered[:, :-1], plain[:, :-1], rtol=0, atol=1e-6)
+    assert (steered[:, -1] - plain[:, -1]).abs().max() > 1e-2
+
+
+def test_one_token_prompt_last_equals_all():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    last = steered_next_token_log_probs(lm, PROMPT[:1], v, ALPHAS, layer=1, positions="last")
+    every = steered_next_token_log_probs(lm, PROMPT[:1], v, ALPHAS, layer=1, positions="all")
+    torch.testing.assert_close(last, every, rtol=0, atol=1e-6)
+
+
+def test_steer_removes_its_hook_and_never_changes_the_model():
+    lm = tiny_lm("gpt2")
+    v = direction(lm)
+    before = {name: p.clone() for name, p in lm.model.state_dict().items()}
+    with torch.no_grad():
+        plain = lm.model(input_ids=PROMPT[None]).logits
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(lm, v, 5.0, layer=1):
+            assert len(lm.blocks[1]._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert len(lm.blocks[1]._forward_hooks) == 0
+    with torch.no_grad():
+        with steer(lm, v, 5.0, layer=1):
+            steered = lm.model(input_ids=PROMPT[None]).logits
+        after = lm.model(input_ids=PROMPT[None]).logits
+    assert (steered - plain).abs().max() > 1e-2
+    torch.testing.assert_close(after, plain, rtol=0, atol=0)
+    for name, p in lm.model.state_dict().items():
+        assert torch.equal(p, before[name]), name
+
+
+def test_steer_with_alpha_zero_is_the_plain_model():
+    lm = tiny_lm("mistral")
+    with torch.no_grad():
+        plain = lm.model(input_ids=PROMPT[None]).logits
+        with steer(lm, direction(lm), 0.0, layer=2, positions="all"):
+            steered = lm.model(input_ids=PROMPT[None]).logits
+    torch.testing.assert_close(steered, plain, rtol=0, atol=0)
+
+
+def test_bad_arguments_raise_value_errors():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    with pytest.raises(ValueError, match="'all'"):
+        with steer(lm, v, 1.0, layer=1, positions="first"):
+            pass
+    with pytest.raises(ValueError, match="layer=..."):
+        with steer(lm, v, 1.0):
+            pass
+    with pytest.raises(ValueError, match="hidden size"):
+        steered_next_token_log_probs(lm, PROMPT, torch.ones(7), ALPHAS, layer=1)
+    with pytest.raises(ValueError, match="out of range"):
+        steered_next_token_log_probs(lm, PROMPT, v, ALPHAS, layer=4)
+    with pytest.raises(ValueError, match="one per batch row"):
+        with torch.no_grad(), steer(lm, v, [1.0, 2.0, 3.0], layer=1):
+            lm.model(input_ids=PROMPT[None].expand(2, -1))
+    with pytest.raises(ValueError, match="empty"):
+        steered_next_token_log_probs(lm, PROMPT, v, [], layer=1)
+    with pytest.raises(ValueError, match="non-empty"):
+        steered_next_token_log_probs(lm, torch.tensor([], dtype=torch.long), v, ALPHAS, layer=1)
+
+
+def test_vector_of_another_model_or_width_is_refused():
+    lm = tiny_lm("llama")
+    foreign = SteeringVector(direction(lm), "another-model", 1, "joy", "random", 2, 2)
+    with pytest.raises(ValueError, match="another-model"):
+        steered_next_token_log_probs(lm, PROMPT, foreign, ALPHAS)
+    wide = SteeringVector(torch.ones(48), lm.name, 1, "joy", "random", 2, 2)
+    with pytest.raises(ValueError, match="width"):
+        with steer(lm, wide, 1.0):
+            pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_extreme_alpha_stays_finite(dtype, positions):
+    lm = tiny_lm("llama", dtype)
+    v = direction(lm) * 10  # ‖α v‖ ≈ 5.7e5 at α = 1e4: beyond fp16's 65504
+    alphas = torch.tensor([-1e4, -1e3, 0.0, 1e3, 1e4])
+    log_probs = steered_next_token_log_probs(lm, PROMPT, v, alphas, layer=1, positions=positions)
+    assert log_probs.dtype == torch.float32
+    assert torch.isfinite(log_probs).all()
+    torch.testing.assert_close(log_probs.exp().sum(dim=-1), torch.ones(len(alphas)), rtol=0, atol=1e-5)
+    reference = steered_next_token_log_probs(tiny_lm("llama"), PROMPT, v, alphas, layer=1, positions=positions)
+    tolerance = 1e-6 if dtype == torch.float32 else 0.05  # 8-bit (bf16) and 11-bit (fp16) mantissas
+    assert (log_probs.exp() - reference.exp()).abs().max() < tolerance
+
+
+def test_fp16_rescaling_is_exact_below_the_limit():
+    """Rows far from fp16's range are computed exactly as the model does (scale 1)."""
+    lm = tiny_lm("llama", torch.float16)
+    v = direction(lm)
+    alphas = torch.tensor([-2.0, 0.0, 3.0])
+    reference = hooked_full_forward(lm, PROMPT, v, alphas, 1, "all")[:, -1]
+    ours = steered_next_token_log_probs(lm, PROMPT, v, alphas, layer=1)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=2e-3)
+
+
+def test_hook_refuses_to_overflow_fp16():
+    lm = tiny_lm("llama", torch.float16)
+    with pytest.raises(ValueError, match="overflows"):
+        with torch.no_grad(), steer(lm, direction(lm) * 10, 1e4, layer=1):
+            lm.model(input_ids=PROMPT[None])
+
+
+def test_mean_residual_norm_matches_manual_mean():
+    lm = tiny_lm("llama")
+    ids = [1 + ord(c) % (VOCABULARY - 1) for c in "hello there"]
+    recorded = {}
+    handle = lm.blocks[2].register_forward_hook(lambda m, a, out: recorded.setdefault("h", out))
+    with torch.no_grad():
+        lm.model(input_ids=torch.tensor([ids]))
+    handle.remove()
+    norms = recorded["h"][0].norm(dim=-1)
+    assert mean_residual_norm(lm, "hello there", 2) == pytest.approx(float(norms[1:].mean()), rel=1e-6)
+    assert mean_residual_norm(lm, ["hello there"], 2, "include") == pytest.approx(float(norms.mean()), rel=1e-6)
