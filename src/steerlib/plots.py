@@ -142,3 +142,213 @@ def plot_training_curve(losses: np.ndarray, bound: float, *, ax: plt.Axes | None
     axes[1].set_xlabel("gradient step")
     axes[1].set_ylabel("CE(f) - entropy (log scale)")
     return axes
+
+
+def plot_delta_p_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequence[str],
+                        is_target: Sequence[bool], *, ax: plt.Axes | None = None,
+                        peaks: Sequence[float] | None = None, limits: Sequence[float] | None = None,
+                        limit_side: str = "right", colors: Sequence[str] | None = None,
+                        title: str = "Next-token probability increase Δp(z | c, α)",
+                        ylabel: str = "Δp(z | c, α)", legend: bool = True) -> plt.Axes:
+    """Probability increase ``Δp(z | c, α)`` against ``α``, one curve per token (Figures 3, B.1, 6).
+
+    Target tokens (``z in T``) are drawn solid, off-target tokens dashed; by default target curves use
+    :data:`TARGET_COLOR` and off-target ones :data:`OFF_TARGET_COLOR` (pass ``colors`` to colour by concept
+    instead). Optional overlays: the predicted bump locations ``α(j, z)`` of Th. 3.3 as vertical dotted lines
+    in the curve's colour (infinite or out-of-range values are skipped), and predicted limits (Prop. B.1) as
+    short horizontal ticks with a triangle marker at the ``limit_side`` edge of the plot.
+
+    Works for any model: the UFM of the theory chapters or the top tokens of a steered LLM.
+
+    Args:
+        alphas: the steering strengths, shape ``(A,)``.
+        delta_p: ``Δp`` for each strength and token, shape ``(A, K)``.
+        labels: the ``K`` token names (legend entries).
+        is_target: for each token, whether it belongs to the target concept ``T``.
+        ax: axes to draw on (a new figure when ``None``).
+        peaks: predicted peak location of each token (``±inf`` or ``nan`` for none), shape ``(K,)``.
+        limits: predicted limit of each curve as ``α -> ±∞``, shape ``(K,)``.
+        limit_side: ``"right"`` (limits as ``α -> +∞``) or ``"left"`` (``α -> -∞``).
+        colors: one colour per token; defaults to target/off-target colours.
+        title: axes title.
+        ylabel: label of the vertical axis.
+        legend: whether to draw the legend (turn it off on all but one panel of a grid).
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    delta_p = np.asarray(delta_p, dtype=float)
+    n_tokens = len(labels)
+    if delta_p.shape != (alphas.size, n_tokens):
+        raise ValueError(f"delta_p has shape {delta_p.shape}; expected (len(alphas), len(labels)) = "
+                         f"({alphas.size}, {n_tokens}): one column per token")
+    if len(is_target) != n_tokens:
+        raise ValueError(f"is_target has {len(is_target)} entries; give one per token ({n_tokens})")
+    if limit_side not in ("right", "left"):
+        raise ValueError(f"limit_side must be 'right' (α -> +∞) or 'left' (α -> -∞), got {limit_side!r}")
+    if colors is None:
+        colors = [TARGET_COLOR if target else OFF_TARGET_COLOR for target in is_target]
+    ax = _new_axes(ax)
+    lo, hi = float(alphas.min()), float(alphas.max())
+    for k in range(n_tokens):
+        ax.plot(alphas, delta_p[:, k], color=colors[k], linestyle="-" if is_target[k] else "--",
+                label=str(labels[k]))
+        if peaks is not None and np.isfinite(peaks[k]) and lo <= peaks[k] <= hi:
+            ax.axvline(float(peaks[k]), color=colors[k], linestyle=":", linewidth=0.9, alpha=0.8)
+        if limits is not None:
+            edge = hi if limit_side == "right" else lo
+            span = 0.06 * (hi - lo)
+            ax.plot([edge - span, edge] if limit_side == "right" else [edge, edge + span],
+                    [limits[k]] * 2, color=REFERENCE_COLOR, linewidth=2.2, alpha=0.7, solid_capstyle="butt")
+            ax.plot([edge], [limits[k]], marker=">" if limit_side == "right" else "<", color=REFERENCE_COLOR,
+                    markersize=4, linestyle="none")
+    ax.axhline(0.0, color=REFERENCE_COLOR, linewidth=0.6)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    handles, names = ax.get_legend_handles_labels()
+    extra = []
+    if peaks is not None:
+        extra.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, linestyle=":", label="predicted peak α(j, z)"))
+    if limits is not None:
+        extra.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, linewidth=2.2, alpha=0.7,
+                                      label="predicted limit"))
+    if legend:
+        ax.legend(handles=handles + extra, ncol=2 if n_tokens + len(extra) > 6 else 1, fontsize=7,
+                  loc="best")
+    return ax
+
+
+def plot_concept_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequence[str], *,
+                        colors: Sequence[str] | None = None, reference: np.ndarray | None = None,
+                        reference_label: str = "closed form", limits: Sequence[float] | None = None,
+                        ax: plt.Axes | None = None,
+                        title: str = "Concept probability increase Δp(C | c, α)",
+                        ylabel: str = "Δp(C | c, α)") -> plt.Axes:
+    """Concept probability increase ``Δp(C | c, α)`` against ``α``, one curve per concept (Figure 4, 7 top).
+
+    Optionally overlays a second computation of the same curves (e.g. the tanh representation of Th. 3.6)
+    as sparse markers, and the predicted limits as dotted horizontal lines in the concept's colour.
+
+    Args:
+        alphas: the steering strengths, shape ``(A,)``.
+        delta_p: one column per concept, shape ``(A, K)``.
+        labels: the ``K`` concept names.
+        colors: one colour per concept (defaults to :data:`CONCEPT_COLORS` in order).
+        reference: the same curves computed another way, shape ``(A, K)``, drawn as markers.
+        reference_label: legend entry of the markers.
+        limits: predicted common limit of each curve as ``|α| -> ∞`` (``nan`` for none), shape ``(K,)``.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+        ylabel: label of the vertical axis.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    delta_p = np.asarray(delta_p, dtype=float)
+    n_concepts = len(labels)
+    if delta_p.shape != (alphas.size, n_concepts):
+        raise ValueError(f"delta_p has shape {delta_p.shape}; expected (len(alphas), len(labels)) = "
+                         f"({alphas.size}, {n_concepts}): one column per concept")
+    if reference is not None and np.shape(reference) != delta_p.shape:
+        raise ValueError(f"reference has shape {np.shape(reference)}; it must match delta_p {delta_p.shape}")
+    colors = colors if colors is not None else [concept_color(k) for k in range(n_concepts)]
+    ax = _new_axes(ax)
+    every = max(1, alphas.size // 25)
+    for k in range(n_concepts):
+        ax.plot(alphas, delta_p[:, k], color=colors[k], label=str(labels[k]))
+        if reference is not None:
+            ax.plot(alphas[::every], np.asarray(reference)[::every, k], color=colors[k], marker="o",
+                    markersize=3.5, markerfacecolor="none", linestyle="none")
+        if limits is not None and np.isfinite(limits[k]):
+            ax.axhline(float(limits[k]), color=colors[k], linestyle=":", linewidth=1.0)
+    ax.axhline(0.0, color=REFERENCE_COLOR, linewidth=0.6)
+    handles, _ = ax.get_legend_handles_labels()
+    if reference is not None:
+        handles.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, marker="o", markerfacecolor="none",
+                                        linestyle="none", markersize=3.5, label=reference_label))
+    if limits is not None:
+        handles.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, linestyle=":", label="predicted limit"))
+    ax.legend(handles=handles)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def plot_delta_ce(alphas: np.ndarray, delta_ce: np.ndarray, *, quadratic_coefficient: float | None = None,
+                  asymptotes: Sequence[tuple[float, float]] = (), ax: plt.Axes | None = None,
+                  label: str = "ΔCE(α)",
+                  title: str = "Cross-entropy increase ΔCE(α)") -> plt.Axes:
+    """``ΔCE(α) = CE(f_α) - CE(f)`` against ``α`` with its predicted shapes (Figure 5, Figure 7 bottom).
+
+    Args:
+        alphas: the steering strengths, shape ``(A,)``.
+        delta_ce: the measured increase of cross-entropy, shape ``(A,)``.
+        quadratic_coefficient: ``c`` of the local law ``ΔCE(α) ≈ c α²`` (Th. 3.8), drawn in black.
+        asymptotes: lines ``α -> slope * α + intercept`` drawn dashed (e.g. the large-|α| asymptotes).
+        ax: axes to draw on (a new figure when ``None``).
+        label: legend entry of the measured curve.
+        title: axes title.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    delta_ce = np.asarray(delta_ce, dtype=float)
+    if delta_ce.shape != alphas.shape:
+        raise ValueError(f"delta_ce has shape {delta_ce.shape}; expected {alphas.shape}, one value per α")
+    ax = _new_axes(ax)
+    ax.plot(alphas, delta_ce, color=TARGET_COLOR, label=label, linewidth=2.2)
+    top = float(np.nanmax(delta_ce))
+    bottom = min(0.0, float(np.nanmin(delta_ce)))
+    margin = 0.08 * (top - bottom if top > bottom else 1.0)
+    if quadratic_coefficient is not None:
+        quad = quadratic_coefficient * alphas**2
+        quad = np.where(quad <= top + margin, quad, np.nan)
+        ax.plot(alphas, quad, color="black", linewidth=1.2, label=f"{quadratic_coefficient:.4g} α² (Th. 3.8)")
+    for i, (slope, intercept) in enumerate(asymptotes):
+        line = slope * alphas + intercept
+        line = np.where((line >= bottom - margin) & (line <= top + margin), line, np.nan)
+        ax.plot(alphas, line, color=REFERENCE_COLOR, linestyle="--", linewidth=1.0,
+                label="asymptotes" if i == 0 else None)
+    ax.set_ylim(bottom - margin, top + margin)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel("ΔCE(α)")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def plot_limit_convergence(alphas: np.ndarray, values: np.ndarray, layers: Sequence[int], *,
+                           ax: plt.Axes | None = None, reference_slope: float | None = -2.0,
+                           ylabel: str = "KL(σ(y(α)) ‖ σ(LN(±v)Wᵀ))",
+                           title: str = "Distance to the large-α limit (Prop. 4.1)") -> plt.Axes:
+    """A distance to the Prop. 4.1 limit against ``|α|`` on log-log axes, per layer and sign.
+
+    Layers are coloured with :data:`CONCEPT_COLORS` in order; ``α > 0`` is drawn solid, ``α < 0`` dashed.
+    An optional reference line of slope ``reference_slope`` (``|α|^-2`` for a KL divergence) is anchored at
+    the last point of the first curve.
+
+    Args:
+        alphas: the magnitudes ``|α|``, shape ``(A,)``.
+        values: the distance, shape ``(2, L, A)`` (sign ``+`` first, then ``-``), positive.
+        layers: the ``L`` steered blocks (legend entries).
+        ax: axes to draw on (a new figure when ``None``).
+        reference_slope: slope of the dotted reference line, or ``None`` for none.
+        ylabel: label of the vertical axis.
+        title: axes title.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    values = np.asarray(values, dtype=float)
+    if values.shape != (2, len(layers), alphas.size):
+        raise ValueError(f"values has shape {values.shape}; expected (2, len(layers), len(alphas)) = "
+                         f"(2, {len(layers)}, {alphas.size}): sign, layer, |α|")
+    ax = _new_axes(ax)
+    for li, layer in enumerate(layers):
+        for si, (sign, style) in enumerate((("+", "-"), ("−", "--"))):
+            ax.loglog(alphas, np.maximum(values[si, li], np.finfo(float).tiny), color=concept_color(li),
+                      linestyle=style, marker="o", markersize=2.5, label=f"layer {layer}, α {sign}")
+    if reference_slope is not None:
+        anchor = values[0, 0, -1]
+        ax.loglog(alphas, anchor * (alphas / alphas[-1]) ** reference_slope, color=REFERENCE_COLOR,
+                  linestyle=":", linewidth=1.0, label=f"slope {reference_slope:g}")
+        ax.set_ylim(bottom=max(np.nanmin(values[values > 0]) / 3, np.finfo(float).tiny))
+    ax.set_xlabel("steering strength |α|")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(ncol=2)
+    return ax
