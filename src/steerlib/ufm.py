@@ -1085,7 +1085,8 @@ def train_ufm(rows, weights, *, dim: int = 16, learning_rate: float = 5.0, tol: 
     H = init_scale * rng.standard_normal((dim, m))
     losses = []
     for _ in range(max_steps + 1):
-        loss, probs, grad_W, grad_H = ufm_loss_and_gradients(W, H, rows, weights)
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, probs, grad_W, grad_H = ufm_loss_and_gradients(W, H, rows, weights)
         if not np.isfinite(loss):
             raise ValueError(f"gradient descent diverged after {len(losses)} steps; lower learning_rate "
                              f"(now {learning_rate}) or init_scale")
