@@ -144,6 +144,19 @@ def plot_training_curve(losses: np.ndarray, bound: float, *, ax: plt.Axes | None
     return axes
 
 
+def _draw_limit_ticks(ax: plt.Axes, lo: float, hi: float, values: Sequence[float], side: str) -> None:
+    """Short grey ticks ending in a triangle at the ``side`` edge of ``[lo, hi]``, one per finite value."""
+    span = 0.06 * (hi - lo)
+    edge = hi if side == "right" else lo
+    xs = [edge - span, edge] if side == "right" else [edge, edge + span]
+    for value in values:
+        if not np.isfinite(value):
+            continue
+        ax.plot(xs, [value] * 2, color=REFERENCE_COLOR, linewidth=2.2, alpha=0.7, solid_capstyle="butt")
+        ax.plot([edge], [value], marker=">" if side == "right" else "<", color=REFERENCE_COLOR, markersize=4,
+                linestyle="none")
+
+
 def plot_delta_p_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequence[str],
                         is_target: Sequence[bool], *, ax: plt.Axes | None = None,
                         peaks: Sequence[float] | None = None, limits: Sequence[float] | None = None,
@@ -193,13 +206,8 @@ def plot_delta_p_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequenc
                 label=str(labels[k]))
         if peaks is not None and np.isfinite(peaks[k]) and lo <= peaks[k] <= hi:
             ax.axvline(float(peaks[k]), color=colors[k], linestyle=":", linewidth=0.9, alpha=0.8)
-        if limits is not None:
-            edge = hi if limit_side == "right" else lo
-            span = 0.06 * (hi - lo)
-            ax.plot([edge - span, edge] if limit_side == "right" else [edge, edge + span],
-                    [limits[k]] * 2, color=REFERENCE_COLOR, linewidth=2.2, alpha=0.7, solid_capstyle="butt")
-            ax.plot([edge], [limits[k]], marker=">" if limit_side == "right" else "<", color=REFERENCE_COLOR,
-                    markersize=4, linestyle="none")
+    if limits is not None:
+        _draw_limit_ticks(ax, lo, hi, limits, limit_side)
     ax.axhline(0.0, color=REFERENCE_COLOR, linewidth=0.6)
     ax.set_xlabel("steering strength α")
     ax.set_ylabel(ylabel)
@@ -219,14 +227,16 @@ def plot_delta_p_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequenc
 
 def plot_concept_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequence[str], *,
                         colors: Sequence[str] | None = None, reference: np.ndarray | None = None,
-                        reference_label: str = "closed form", limits: Sequence[float] | None = None,
+                        reference_label: str = "closed form",
+                        limits: tuple[Sequence[float], Sequence[float]] | None = None,
                         ax: plt.Axes | None = None,
                         title: str = "Concept probability increase Δp(C | c, α)",
-                        ylabel: str = "Δp(C | c, α)") -> plt.Axes:
+                        ylabel: str = "Δp(C | c, α)", legend: bool = True) -> plt.Axes:
     """Concept probability increase ``Δp(C | c, α)`` against ``α``, one curve per concept (Figure 4, 7 top).
 
     Optionally overlays a second computation of the same curves (e.g. the tanh representation of Th. 3.6)
-    as sparse markers, and the predicted limits as dotted horizontal lines in the concept's colour.
+    as sparse markers, and the predicted limits as grey ticks at the two edges of the plot (``α -> +∞`` on the
+    right, ``α -> -∞`` on the left).
 
     Args:
         alphas: the steering strengths, shape ``(A,)``.
@@ -235,10 +245,12 @@ def plot_concept_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequenc
         colors: one colour per concept (defaults to :data:`CONCEPT_COLORS` in order).
         reference: the same curves computed another way, shape ``(A, K)``, drawn as markers.
         reference_label: legend entry of the markers.
-        limits: predicted common limit of each curve as ``|α| -> ∞`` (``nan`` for none), shape ``(K,)``.
+        limits: ``(limits_plus, limits_minus)``, the predicted limits of each curve as ``α -> +∞`` and
+            ``α -> -∞`` (``nan`` where nothing is predicted), each of shape ``(K,)``.
         ax: axes to draw on (a new figure when ``None``).
         title: axes title.
         ylabel: label of the vertical axis.
+        legend: whether to draw the legend (turn it off on all but one panel of a grid).
     """
     alphas = np.asarray(alphas, dtype=float)
     delta_p = np.asarray(delta_p, dtype=float)
@@ -256,16 +268,19 @@ def plot_concept_curves(alphas: np.ndarray, delta_p: np.ndarray, labels: Sequenc
         if reference is not None:
             ax.plot(alphas[::every], np.asarray(reference)[::every, k], color=colors[k], marker="o",
                     markersize=3.5, markerfacecolor="none", linestyle="none")
-        if limits is not None and np.isfinite(limits[k]):
-            ax.axhline(float(limits[k]), color=colors[k], linestyle=":", linewidth=1.0)
+    if limits is not None:
+        _draw_limit_ticks(ax, float(alphas.min()), float(alphas.max()), limits[0], "right")
+        _draw_limit_ticks(ax, float(alphas.min()), float(alphas.max()), limits[1], "left")
     ax.axhline(0.0, color=REFERENCE_COLOR, linewidth=0.6)
     handles, _ = ax.get_legend_handles_labels()
     if reference is not None:
         handles.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, marker="o", markerfacecolor="none",
                                         linestyle="none", markersize=3.5, label=reference_label))
     if limits is not None:
-        handles.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, linestyle=":", label="predicted limit"))
-    ax.legend(handles=handles)
+        handles.append(mpl.lines.Line2D([], [], color=REFERENCE_COLOR, linewidth=2.2, alpha=0.7,
+                                        label="predicted limit"))
+    if legend:
+        ax.legend(handles=handles)
     ax.set_xlabel("steering strength α")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
