@@ -777,9 +777,12 @@ def bump_location(p, M, z: int, *, xtol: float = 1e-12) -> float:
     if z in min_log_odds_tokens(M):
         return float("-inf")
     target = M[z]
+    log_p = np.log(p)
 
     def gap(alpha: float) -> float:
-        return float(tilted_mean(p, M, alpha)[0] - target)
+        logits = log_p + alpha * M
+        weights = np.exp(logits - logits.max())
+        return float(weights @ M / weights.sum() - target)
 
     lo, hi = -1.0, 1.0
     while gap(hi) < 0:

@@ -1,0 +1,159 @@
+"""Property tests of Th. 3.3, 3.6 and 3.8 over random datasets satisfying Assumption 1.
+
+Datasets are built in the App. B.3 form ``a_z = (1 - ε) γ_z``, ``b_z = ε ω_z / (G - 1)`` with random
+within-concept weights ``γ, ω`` and a random ``ε`` below the largest value that keeps ``a_z > b_z``;
+steering sets are random or contrastive, with random ``q``.
+"""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steerlib.ufm import (
+    app_b3_dataset,
+    bump_location,
+    ce_quadratic_coefficient,
+    classify_tokens,
+    concept_increase,
+    concept_increase_tanh,
+    delta_ce,
+    delta_ce_second_derivative,
+    delta_p,
+    delta_p_derivative,
+    delta_p_limits,
+    log_odds_sign_separation,
+    max_log_odds_tokens,
+    min_log_odds_tokens,
+    select_steering_sets,
+)
+
+PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def steered_datasets(draw):
+    """A random App. B.3 dataset, steering sets and their log-odds."""
+    G = draw(st.integers(2, 4))
+    s = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    fraction = draw(st.floats(0.05, 0.95))
+    rng = np.random.default_rng(seed)
+    concepts = np.repeat(np.arange(G), s)
+    gamma = np.concatenate([rng.dirichlet(np.full(s, 2.0)) for _ in range(G)])
+    omega = np.concatenate([rng.dirichlet(np.full(s, 2.0)) for _ in range(G)])
+    # a_z > b_z  <=>  ε < (G-1) γ_z / ((G-1) γ_z + ω_z); take a random fraction of the smallest bound.
+    epsilon = fraction * np.min((G - 1) * gamma / ((G - 1) * gamma + omega))
+    data = app_b3_dataset(gamma, omega, epsilon, token_concepts=concepts, contexts_per_concept=2,
+                          pi=rng.dirichlet(np.ones(2 * G)), seed=seed)
+    target = draw(st.integers(0, G - 1))
+    setting = draw(st.sampled_from(["random", "contrastive"]))
+    if setting == "contrastive" and target not in data.opposite:
+        setting = "random"
+    q = draw(st.integers(1, 2))
+    sets = select_steering_sets(data, target, q, setting, seed=seed)
+    return data, sets, data.log_odds(sets)
+
+
+def representative_contexts(data):
+    """One context per concept: under Assumption 1 contexts of a concept share their row p(. | c_j)."""
+    return [int(data.contexts_in(k)[0]) for k in range(data.G)]
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_lemma_b4_on_random_datasets(case):
+    data, sets, M = case
+    assert log_odds_sign_separation(M, data.members(sets.target)) > 0
+    assert set(max_log_odds_tokens(M)) <= set(data.members(sets.target))
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_3_unique_bump(case):
+    data, sets, M = case
+    labels = classify_tokens(M)
+    scale = 1.0 / np.ptp(M)
+    offsets = np.linspace(0, 20 * scale, 101)[1:]
+    for j in representative_contexts(data):
+        p = data.rows[j]
+        for z in np.flatnonzero(labels == "bump"):
+            alpha_star = bump_location(p, M, z)
+            before = alpha_star - offsets[::-1]
+            after = alpha_star + offsets
+            curve_before = delta_p(p, M, before)[:, z]
+            curve_after = delta_p(p, M, after)[:, z]
+            # Increasing up to the bump, decreasing after it, and maximal at it.
+            assert np.all(np.diff(curve_before) >= -1e-15)
+            assert np.all(np.diff(curve_after) <= 1e-15)
+            assert np.all(delta_p_derivative(p, M, before)[:, z] >= -1e-13)
+            assert np.all(delta_p_derivative(p, M, after)[:, z] <= 1e-13)
+            peak = delta_p(p, M, alpha_star)[0, z]
+            assert peak >= max(curve_before.max(), curve_after.max()) - 1e-15
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_3_off_target_peaks_first(case):
+    data, sets, M = case
+    labels = classify_tokens(M)
+    in_target = data.token_concepts == sets.target
+    on = np.flatnonzero((labels == "bump") & in_target)
+    off = np.flatnonzero((labels == "bump") & ~in_target)
+    for j in representative_contexts(data):
+        p = data.rows[j]
+        if on.size and off.size:
+            latest_off = max(bump_location(p, M, z) for z in off)
+            earliest_on = min(bump_location(p, M, z) for z in on)
+            assert latest_off < earliest_on
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_3_monotone_extremes(case):
+    data, sets, M = case
+    alphas = np.linspace(-30, 30, 121) / np.ptp(M)
+    top, bottom = max_log_odds_tokens(M), min_log_odds_tokens(M)
+    for j in representative_contexts(data):
+        curves = delta_p(data.rows[j], M, alphas)
+        assert np.all(np.diff(curves[:, top], axis=0) >= -1e-15)
+        assert np.all(np.diff(curves[:, bottom], axis=0) <= 1e-15)
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_6_tanh_law(case):
+    data, sets, M = case
+    alphas = np.linspace(-8, 8, 33) / np.ptp(M)
+    target = data.members(sets.target)
+    top, bottom = set(max_log_odds_tokens(M)), set(min_log_odds_tokens(M))
+    for j in representative_contexts(data):
+        p = data.rows[j]
+        for k in range(data.G):
+            members = data.members(k)
+            direct = concept_increase(p, M, members, alphas)
+            np.testing.assert_allclose(concept_increase_tanh(p, M, members, alphas), direct, atol=1e-9)
+            if k != sets.target and not set(members) & (top | bottom):
+                limit = -p[members].sum() / members.size
+                np.testing.assert_allclose(concept_increase(p, M, members, [-1e4, 1e4]), limit, atol=1e-12)
+        # Δp(T) increases, with the limits of Prop. B.1 summed over T.
+        curve = concept_increase(p, M, target, alphas)
+        assert np.all(np.diff(curve) > 0)
+        plus, minus = delta_p_limits(p, M)
+        np.testing.assert_allclose(concept_increase(p, M, target, [1e4, -1e4]),
+                                   [plus[target].mean(), minus[target].mean()], atol=1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_8_quadratic_and_convex(case):
+    data, sets, M = case
+    rows, pi = data.rows, data.pi
+    coefficient = ce_quadratic_coefficient(rows, pi, M)
+    h = 1e-3 / np.ptp(M)
+    second = (delta_ce(rows, pi, M, h)[0] - 2 * delta_ce(rows, pi, M, 0.0)[0] + delta_ce(rows, pi, M, -h)[0]) / h**2
+    np.testing.assert_allclose(second, 2 * coefficient, rtol=1e-4)
+    alphas = np.linspace(-20, 20, 201) / np.ptp(M)
+    curve = delta_ce(rows, pi, M, alphas)
+    assert np.all(curve >= -1e-15)
+    assert np.all(np.diff(curve, 2) >= -1e-12)
+    assert np.all(delta_ce_second_derivative(rows, pi, M, alphas) >= 0)
