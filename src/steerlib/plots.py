@@ -318,7 +318,7 @@ def plot_delta_ce(alphas: np.ndarray, delta_ce: np.ndarray, *, quadratic_coeffic
     for i, (slope, intercept) in enumerate(asymptotes):
         line = slope * alphas + intercept
         line = np.where((line >= bottom - margin) & (line <= top + margin), line, np.nan)
-        ax.plot(alphas, line, color=REFERENCE_COLOR, linestyle="--", linewidth=1.0,
+        ax.plot(alphas, line, color=REFERENCE_COLOR, linestyle="--", linewidth=1.0, zorder=3,
                 label="asymptotes" if i == 0 else None)
     ax.set_ylim(bottom - margin, top + margin)
     ax.set_xlabel("steering strength α")
@@ -335,8 +335,8 @@ def plot_limit_convergence(alphas: np.ndarray, values: np.ndarray, layers: Seque
     """A distance to the Prop. 4.1 limit against ``|α|`` on log-log axes, per layer and sign.
 
     Layers are coloured with :data:`CONCEPT_COLORS` in order; ``α > 0`` is drawn solid, ``α < 0`` dashed.
-    An optional reference line of slope ``reference_slope`` (``|α|^-2`` for a KL divergence) is anchored at
-    the last point of the first curve.
+    An optional reference line of slope ``reference_slope`` (``|α|^-2`` for a KL divergence) is drawn over
+    the last two decades, just above the highest curve.
 
     Args:
         alphas: the magnitudes ``|α|``, shape ``(A,)``.
@@ -358,10 +358,10 @@ def plot_limit_convergence(alphas: np.ndarray, values: np.ndarray, layers: Seque
             ax.loglog(alphas, np.maximum(values[si, li], np.finfo(float).tiny), color=concept_color(li),
                       linestyle=style, marker="o", markersize=2.5, label=f"layer {layer}, α {sign}")
     if reference_slope is not None:
-        anchor = values[0, 0, -1]
-        ax.loglog(alphas, anchor * (alphas / alphas[-1]) ** reference_slope, color=REFERENCE_COLOR,
-                  linestyle=":", linewidth=1.0, label=f"slope {reference_slope:g}")
-        ax.set_ylim(bottom=max(np.nanmin(values[values > 0]) / 3, np.finfo(float).tiny))
+        tail = alphas[alphas >= alphas[-1] / 100]
+        anchor = 3 * values[:, :, -1].max()
+        ax.loglog(tail, anchor * (tail / alphas[-1]) ** reference_slope, color=REFERENCE_COLOR,
+                  linestyle=":", linewidth=1.2, label=f"slope {reference_slope:g}")
     ax.set_xlabel("steering strength |α|")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
