@@ -1048,7 +1048,8 @@ def ufm_loss_and_gradients(W: np.ndarray, H: np.ndarray, rows: np.ndarray, weigh
         ``(loss, probs, grad_W, grad_H)`` with ``probs = σ(W h_j)`` as rows ``[m, V]``.
     """
     logits = (W @ H).T
-    log_probs = logits - logsumexp(logits, axis=1, keepdims=True)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     probs = np.exp(log_probs)
     loss = float(-(weights * (rows * log_probs).sum(axis=1)).sum())
     G = weights[:, None] * (probs - rows)
