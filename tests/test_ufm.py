@@ -96,6 +96,7 @@ def test_app_b1_entropy_matches_formula():
     expected = -(s * a * np.log(a) + (G - 1) * s * b * np.log(b))
     assert eq2_dataset(eps, gamma=None, omega=None).entropy == pytest.approx(expected, rel=1e-14)
     assert app_b1_dataset(G, s, eps).entropy == pytest.approx(expected, rel=1e-14)
+    assert ufm.app_b1_entropy(G, s, eps) == pytest.approx(expected, rel=1e-14)
     # The paper's "≈ 1.3317" (truncated) and "≈ 1.3318" (rounded) both read this value.
     assert 1.33175 < expected < 1.3318
 

@@ -367,3 +367,48 @@ def plot_limit_convergence(alphas: np.ndarray, values: np.ndarray, layers: Seque
     ax.set_title(title)
     ax.legend(ncol=2)
     return ax
+
+
+def plot_closed_form_vs_model(alphas: np.ndarray, closed_form: np.ndarray, measured: np.ndarray,
+                              labels: Sequence[str], *, colors: Sequence[str] | None = None,
+                              marker_every: int = 10, ax: plt.Axes | None = None,
+                              title: str = "Closed form (lines) vs trained model (markers)",
+                              ylabel: str = "σ_z(f_α(c))") -> plt.Axes:
+    """A closed-form prediction as lines and the same quantity measured on a model as markers, per token.
+
+    Used to show that a trained UFM steers exactly as Lemma B.3 predicts: where the markers sit on the
+    lines, theory and model agree.
+
+    Args:
+        alphas: steering strengths, shape ``(A,)``.
+        closed_form: predicted values, shape ``(A, K)``.
+        measured: values measured on the model, shape ``(A, K)``.
+        labels: the ``K`` token names.
+        colors: one colour per token (default: the concept colours in order).
+        marker_every: draw a marker every this many grid points.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+        ylabel: label of the vertical axis.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    closed_form = np.asarray(closed_form, dtype=float)
+    measured = np.asarray(measured, dtype=float)
+    if closed_form.shape != (alphas.size, len(labels)) or measured.shape != closed_form.shape:
+        raise ValueError(f"closed_form {closed_form.shape} and measured {measured.shape} must both be "
+                         f"(len(alphas), len(labels)) = ({alphas.size}, {len(labels)})")
+    if colors is None:
+        colors = [concept_color(k) for k in range(len(labels))]
+    ax = _new_axes(ax)
+    for k, label in enumerate(labels):
+        ax.plot(alphas, closed_form[:, k], color=colors[k], label=str(label))
+        ax.plot(alphas[::marker_every], measured[::marker_every, k], color=colors[k], marker="o",
+                markersize=3.5, linestyle="none", markerfacecolor="white")
+    handles, names = ax.get_legend_handles_labels()
+    handles += [mpl.lines.Line2D([], [], color=REFERENCE_COLOR, label="closed form"),
+                mpl.lines.Line2D([], [], color=REFERENCE_COLOR, marker="o", markerfacecolor="white",
+                                 linestyle="none", label="trained model")]
+    ax.legend(handles=handles, ncol=2, fontsize=7)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax

@@ -402,6 +402,18 @@ def app_b1_dataset(n_concepts: int, concept_size: int, epsilon: float, **kwargs)
                           token_concepts=np.repeat(np.arange(n_concepts), concept_size), **kwargs)
 
 
+def app_b1_entropy(n_concepts: int, concept_size: int, epsilon: float) -> float:
+    """Entropy of every row of the App. B.1 dataset, ``-(1-ε) log((1-ε)/s) - ε log(ε/((G-1)s))``.
+
+    All rows are permutations of one another, so this is also ``sum_j pi_j H(p(. | c_j))``, the lower bound
+    of the UFM's cross-entropy, whatever the contexts and weights.
+    """
+    G, s = n_concepts, concept_size
+    if G < 2 or s < 1 or not 0 < epsilon < 1:
+        raise ValueError("need n_concepts >= 2, concept_size >= 1 and 0 < epsilon < 1")
+    return float(-(1 - epsilon) * np.log((1 - epsilon) / s) - epsilon * np.log(epsilon / ((G - 1) * s)))
+
+
 def general_dataset(a: Sequence[float], b: Sequence[float], token_concepts: Sequence[int], **kwargs
                     ) -> ConceptDataset:
     """A dataset from arbitrary ``a_z``, ``b_z`` (Assumption 1 is checked: ``a_z > b_z``, rows sum to 1).
