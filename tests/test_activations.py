@@ -62,3 +62,12 @@ def test_bad_requests_say_what_to_do(prompt_folder, tmp_path):
         prompt_set_activations(lm, "joy", "positive", 10, tmp_path, progress=False, prompt_folder=prompt_folder)
     with pytest.raises(ValueError, match="setting"):
         concept_vectors(lm, "joy", "opposite", 2, tmp_path, prompt_folder=prompt_folder)
+
+
+def test_early_middle_last_are_distinct_blocks():
+    from steerlib.activations import early_middle_last
+
+    assert early_middle_last(30) == [6, 15, 29]
+    assert early_middle_last(12) == [2, 6, 11]
+    with pytest.raises(ValueError, match="at least 3"):
+        early_middle_last(2)

@@ -163,3 +163,13 @@ def _set_activations(lm, concept, setting, n_texts, folder, first_position, prog
     negative = prompt_set_activations(lm, concept, kind, n_texts, folder, first_position, progress=progress,
                                       prompt_folder=prompt_folder)
     return positive, negative
+
+
+def early_middle_last(n_layers: int) -> list[int]:
+    """An early, a middle and the last block: ``[n/5, n/2, n-1]`` (rounded down), as in Figs. A.7-A.9.
+
+    For the 30 blocks of SmolLM2 this is ``[6, 15, 29]``.
+    """
+    if n_layers < 3:
+        raise ValueError(f"need at least 3 blocks to pick early, middle and last ones, got {n_layers}")
+    return [n_layers // 5, n_layers // 2, n_layers - 1]
