@@ -116,8 +116,9 @@ def plot_training_curve(losses: np.ndarray, bound: float, *, ax: plt.Axes | None
                         title: str = "UFM training: cross-entropy vs the entropy bound") -> plt.Axes:
     """Loss of gradient descent against the step, with the entropy lower bound (App. B.1).
 
-    Draws two panels side by side when ``ax`` is ``None``: the loss with the bound as a horizontal line,
-    and the gap ``loss - bound`` on a log scale. With a given ``ax`` (a pair of axes) it draws on those.
+    Draws two panels side by side when ``ax`` is ``None``: the loss against the step (log scale, so the
+    fast initial drop is visible) with the bound as a horizontal line, and the gap ``loss - bound`` on a
+    log scale against the step. With a given ``ax`` (a pair of axes) it draws on those.
 
     Args:
         losses: the loss at each gradient step.
@@ -132,9 +133,9 @@ def plot_training_curve(losses: np.ndarray, bound: float, *, ax: plt.Axes | None
     else:
         axes = ax
     steps = np.arange(len(losses))
-    axes[0].plot(steps, losses, color=TARGET_COLOR, label="CE(f) during training")
+    axes[0].semilogx(steps + 1, losses, color=TARGET_COLOR, label="CE(f) during training")
     axes[0].axhline(bound, color=REFERENCE_COLOR, linestyle="--", label=f"entropy bound {bound:.4f}")
-    axes[0].set_xlabel("gradient step")
+    axes[0].set_xlabel("gradient step + 1 (log scale)")
     axes[0].set_ylabel("cross-entropy")
     axes[0].legend()
     gap = np.maximum(losses - bound, np.finfo(float).tiny)
@@ -371,7 +372,7 @@ def plot_limit_convergence(alphas: np.ndarray, values: np.ndarray, layers: Seque
 
 def plot_closed_form_vs_model(alphas: np.ndarray, closed_form: np.ndarray, measured: np.ndarray,
                               labels: Sequence[str], *, colors: Sequence[str] | None = None,
-                              marker_every: int = 10, ax: plt.Axes | None = None,
+                              linestyles: Sequence[str] | None = None, marker_every: int = 10, ax: plt.Axes | None = None,
                               title: str = "Closed form (lines) vs trained model (markers)",
                               ylabel: str = "σ_z(f_α(c))") -> plt.Axes:
     """A closed-form prediction as lines and the same quantity measured on a model as markers, per token.
@@ -385,6 +386,7 @@ def plot_closed_form_vs_model(alphas: np.ndarray, closed_form: np.ndarray, measu
         measured: values measured on the model, shape ``(A, K)``.
         labels: the ``K`` token names.
         colors: one colour per token (default: the concept colours in order).
+        linestyles: one line style per token (default: solid), to tell apart tokens sharing a colour.
         marker_every: draw a marker every this many grid points.
         ax: axes to draw on (a new figure when ``None``).
         title: axes title.
@@ -398,9 +400,11 @@ def plot_closed_form_vs_model(alphas: np.ndarray, closed_form: np.ndarray, measu
                          f"(len(alphas), len(labels)) = ({alphas.size}, {len(labels)})")
     if colors is None:
         colors = [concept_color(k) for k in range(len(labels))]
+    if linestyles is None:
+        linestyles = ["-"] * len(labels)
     ax = _new_axes(ax)
     for k, label in enumerate(labels):
-        ax.plot(alphas, closed_form[:, k], color=colors[k], label=str(label))
+        ax.plot(alphas, closed_form[:, k], color=colors[k], linestyle=linestyles[k], label=str(label))
         ax.plot(alphas[::marker_every], measured[::marker_every, k], color=colors[k], marker="o",
                 markersize=3.5, linestyle="none", markerfacecolor="white")
     handles, names = ax.get_legend_handles_labels()
