@@ -161,7 +161,9 @@ class ConceptDataset:
     opposite: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        def set_(name: str, value) -> None:  # the dataclass is frozen: normalise fields in place once
+            object.__setattr__(self, name, value)
+
         token_names = tuple(str(t) for t in self.token_names)
         if len(set(token_names)) != len(token_names):
             raise ValueError("token_names must be unique")
