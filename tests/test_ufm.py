@@ -205,6 +205,7 @@ def test_lemma_b4_sign_separation(setting):
             q_z = sum(data.context_concepts[i] == data.token_concepts[z] for i in sets.negative)
             assert M[z] == pytest.approx(-q_z / sets.q * ratio[z], rel=1e-12, abs=1e-14)
     assert log_odds_sign_separation(M, data.members(sets.target)) > 0
+    np.testing.assert_allclose(ufm.lemma_b4_log_odds(data, sets), M, rtol=1e-12, atol=1e-14)
 
 
 def test_log_odds_bad_inputs(data):

@@ -640,6 +640,18 @@ def log_odds(p_pos, p_neg) -> np.ndarray:
     return (np.log(p_pos).sum(axis=0) - np.log(p_neg).sum(axis=0)) / q
 
 
+def lemma_b4_log_odds(dataset: ConceptDataset, sets: SteeringSets) -> np.ndarray:
+    """The log-odds in closed form (Lemma B.4): ``M(z) = log(a_z / b_z)`` for ``z in T`` and
+    ``M(z) = -(q_z / q) log(a_z / b_z)`` for ``z notin T``, with ``q_z`` the number of negative contexts in the
+    concept of ``z``. Equal to :func:`log_odds` of the rows under Assumption 1. Shape ``[V]``.
+    """
+    sets.check_against(dataset)
+    ratio = np.log(dataset.a / dataset.b)
+    negative_concepts = dataset.context_concepts[list(sets.negative)]
+    q_z = np.array([np.sum(negative_concepts == k) for k in dataset.token_concepts])
+    return np.where(dataset.token_concepts == sets.target, ratio, -q_z / sets.q * ratio)
+
+
 def log_odds_sign_separation(M, target_members) -> float:
     """Lemma B.4 margin: ``min_{z in T} M(z) - max(0, max_{z notin T} M(z))`` (> 0 when B.4 holds).
 
