@@ -416,3 +416,33 @@ def plot_closed_form_vs_model(alphas: np.ndarray, closed_form: np.ndarray, measu
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return ax
+
+
+def plot_language_model_loss(train_losses: Sequence[float], eval_steps: Sequence[int],
+                             val_losses: Sequence[float], *, smooth: int = 25, ax: plt.Axes | None = None,
+                             title: str = "Training a language model: next-token cross-entropy") -> plt.Axes:
+    """Training loss of every step (faint, and its running mean over ``smooth`` steps) and validation loss.
+
+    Args:
+        train_losses: loss of each optimisation step (nats per token).
+        eval_steps: steps at which the validation loss was measured.
+        val_losses: the validation losses (nats per token), one per entry of ``eval_steps``.
+        smooth: window of the running mean drawn over the training loss.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+    """
+    train_losses = np.asarray(train_losses, dtype=float)
+    if len(eval_steps) != len(val_losses):
+        raise ValueError(f"{len(eval_steps)} eval_steps for {len(val_losses)} val_losses: give one step per loss")
+    ax = _new_axes(ax)
+    steps = np.arange(1, train_losses.size + 1)
+    ax.plot(steps, train_losses, color=OFF_TARGET_COLOR, alpha=0.25, linewidth=0.6)
+    window = max(1, min(smooth, train_losses.size))
+    running = np.convolve(train_losses, np.ones(window) / window, mode="valid")
+    ax.plot(steps[window - 1:], running, color=OFF_TARGET_COLOR, label=f"training (mean of {window} steps)")
+    ax.plot(eval_steps, val_losses, color=TARGET_COLOR, marker="o", markersize=3, label="validation (held out)")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title)
+    ax.legend()
+    return ax
