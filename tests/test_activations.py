@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from test_models import tiny_lm
@@ -71,3 +73,29 @@ def test_early_middle_last_are_distinct_blocks():
     assert early_middle_last(12) == [2, 6, 11]
     with pytest.raises(ValueError, match="at least 3"):
         early_middle_last(2)
+
+
+def test_residual_norm_profile_matches_the_hidden_states():
+    from steerlib.activations import residual_norm_profile
+
+    lm = tiny_lm("llama")
+    texts = ["hello there", "a cat"]
+    profile = residual_norm_profile(lm, texts, progress=False)
+    with torch.no_grad():
+        hidden = [lm.model(torch.tensor([lm.tokenizer(t)["input_ids"]]), output_hidden_states=True).hidden_states
+                  for t in texts]
+    layer = 1  # output of block 1 = hidden_states[2] (the last entry is after the final norm)
+    norms = [h[layer + 1][0].norm(dim=-1) for h in hidden]
+    assert profile["first"][layer] == pytest.approx(float(sum(n[0] for n in norms)) / 2, rel=1e-5)
+    assert profile["others"][layer] == pytest.approx(float(torch.cat([n[1:] for n in norms]).mean()), rel=1e-5)
+    assert profile["first"].shape == (lm.n_layers,)
+
+
+def test_cosine_similarity_matrix():
+    from steerlib.activations import cosine_similarity_matrix
+
+    matrix = cosine_similarity_matrix([torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([-2.0, 0.0])])
+    assert matrix[0, 1] == pytest.approx(2 ** -0.5) and matrix[0, 2] == pytest.approx(-1.0)
+    assert np.allclose(np.diag(matrix), 1.0)
+    with pytest.raises(ValueError, match="zero"):
+        cosine_similarity_matrix([torch.zeros(2)])

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from steerlib.models import LoadedModel
@@ -173,3 +174,45 @@ def early_middle_last(n_layers: int) -> list[int]:
     if n_layers < 3:
         raise ValueError(f"need at least 3 blocks to pick early, middle and last ones, got {n_layers}")
     return [n_layers // 5, n_layers // 2, n_layers - 1]
+
+
+def residual_norm_profile(lm: LoadedModel, texts: list[str], batch_size: int = 8,
+                          progress: bool = True) -> dict[str, np.ndarray]:
+    """Mean residual-stream norm at the output of every block, at the first position and at the others.
+
+    One forward pass over ``texts``. The two profiles are the scale against which a steering vector's norm
+    ``‖v^(ℓ)‖`` is judged (``α ‖v‖`` must rival ``‖h‖`` before steering does anything) and show the massive
+    activation Llama-family models carry at the first position.
+
+    Returns:
+        ``{"first": (n_layers,), "others": (n_layers,)}``: the mean over texts of ``‖h_1^(ℓ)‖``, and the mean
+        over all other (non-padding) tokens of ``‖h_t^(ℓ)‖``.
+    """
+    from steerlib.vectors import _check_texts, _forward_blocks
+
+    texts = _check_texts(texts, "texts")
+
+    def norms(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        token_norms = hidden.float().norm(dim=-1)
+        first = keep.to(torch.float32).argmax(dim=1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        others = keep.clone()
+        others[rows, first] = False
+        return torch.stack([token_norms[rows, first].sum(), token_norms[others].sum(),
+                            others.sum().to(torch.float32)]).cpu()
+
+    batches = _forward_blocks(lm, texts, list(range(lm.n_layers)), norms, "include", batch_size, "left", progress)
+    totals = torch.stack([torch.stack(per_layer) for per_layer in batches]).sum(dim=0).double()  # (layers, 3)
+    return {"first": (totals[:, 0] / len(texts)).numpy(), "others": (totals[:, 1] / totals[:, 2]).numpy()}
+
+
+def cosine_similarity_matrix(vectors: list[torch.Tensor]) -> np.ndarray:
+    """Cosine similarities ``<u, v> / (‖u‖ ‖v‖)`` between every pair of vectors, shape ``(n, n)``."""
+    if not vectors:
+        raise ValueError("give at least one vector")
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vectors])
+    norms = stacked.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a vector is zero: its cosine similarity is undefined")
+    unit = stacked / norms
+    return (unit @ unit.T).numpy()
