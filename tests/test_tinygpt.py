@@ -69,7 +69,7 @@ def test_load_or_train_loads_and_refuses_another_configuration(trained, tmp_path
 
     save_tiny_gpt(*trained, tmp_path / "tiny")
     monkeypatch.setattr(tinygpt, "train_tiny_gpt", lambda *a, **k: pytest.fail("should load, not train"))
-    _, log = load_or_train(TINY, tmp_path / "tiny")
+    _, log = load_or_train(TINY, tmp_path / "tiny", use_shipped=False)
     assert log == trained[1]
     with pytest.raises(ValueError, match="steps"):
         load_or_train(dataclasses.replace(TINY, steps=41), tmp_path / "tiny")

@@ -357,28 +357,54 @@ def load_tiny_gpt(folder: str | Path, device: str | torch.device = "cpu") -> tup
     return find_parts(model, tokenizer, f"tinygpt-{log.config['corpus']}"), log
 
 
-def load_or_train(config: TinyGPTConfig, folder: str | Path, retrain: bool = False,
-                  progress: bool = True) -> tuple[LoadedModel, TrainingLog]:
-    """The 1-layer GPT of ``config``: loaded from ``folder`` when it was trained there, else trained and saved.
+def shipped_checkpoint(config: TinyGPTConfig) -> Path | None:
+    """The checkpoint shipped in ``data/tinygpt/<corpus>`` when it was trained with exactly ``config``, else ``None``.
+
+    The repository ships the default model (a few MB), so the chapter loads in seconds and prints the same
+    numbers on every machine; :func:`train_tiny_gpt` with the default configuration reproduces it.
+    """
+    from steerlib.resources import data_path
+
+    try:
+        folder = data_path("tinygpt", config.corpus)
+    except ValueError:
+        return None
+    if not (folder / _LOG_FILE).exists() or TrainingLog.load(folder / _LOG_FILE).config != asdict(config):
+        return None
+    return folder
+
+
+def load_or_train(config: TinyGPTConfig, folder: str | Path, retrain: bool = False, progress: bool = True,
+                  use_shipped: bool = True) -> tuple[LoadedModel, TrainingLog]:
+    """The 1-layer GPT of ``config``: loaded when it was trained before, else trained and saved to ``folder``.
+
+    Looks in ``folder`` first, then (with ``use_shipped``) in the checkpoint shipped with the repository
+    (:func:`shipped_checkpoint`); trains only when neither holds a model of this configuration, or when
+    ``retrain`` is set. A trained model is always written to ``folder``, never into ``data/``.
 
     Args:
         config: what to train.
         folder: the checkpoint folder (``save_pretrained`` layout plus ``training_log.json``).
-        retrain: train again even when ``folder`` holds a checkpoint.
+        retrain: train again even when a checkpoint exists.
         progress: show a ``tqdm`` bar while training.
+        use_shipped: allow loading the checkpoint shipped in ``data/tinygpt``.
 
     Raises:
         ValueError: ``folder`` holds a model trained with another configuration (pass ``retrain=True`` or
             another folder).
     """
     folder = Path(folder)
-    if (folder / _LOG_FILE).exists() and not retrain:
-        saved = TrainingLog.load(folder / _LOG_FILE).config
-        if saved != asdict(config):
-            changed = sorted(k for k in set(saved) | set(asdict(config)) if saved.get(k) != asdict(config).get(k))
-            raise ValueError(f"{folder} holds a 1-layer GPT trained with another configuration (differs in "
-                             f"{', '.join(changed)}): pass retrain=True to overwrite it, or another folder.")
-        return load_tiny_gpt(folder, config.device)
+    if not retrain:
+        if (folder / _LOG_FILE).exists():
+            saved, wanted = TrainingLog.load(folder / _LOG_FILE).config, asdict(config)
+            if saved != wanted:
+                changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+                raise ValueError(f"{folder} holds a 1-layer GPT trained with another configuration (differs in "
+                                 f"{', '.join(changed)}): pass retrain=True to overwrite it, or another folder.")
+            return load_tiny_gpt(folder, config.device)
+        shipped = shipped_checkpoint(config) if use_shipped else None
+        if shipped is not None:
+            return load_tiny_gpt(shipped, config.device)
     lm, log = train_tiny_gpt(config, progress=progress)
     save_tiny_gpt(lm, log, folder)
     return lm, log
@@ -502,9 +528,10 @@ class Theorem33Agreement:
 
     @property
     def overall_rate(self) -> float:
-        """Share of agreeing cases over all predictions pooled."""
-        cases = sum(total for _, total in self.agreements.values())
-        return sum(agree for agree, _ in self.agreements.values()) / cases if cases else float("nan")
+        """Mean of the rates of the predictions that have cases (each prediction weighs the same, whether it
+        is checked on a handful of tokens or on the whole vocabulary)."""
+        rates = [agree / cases for agree, cases in self.agreements.values() if cases]
+        return sum(rates) / len(rates) if rates else float("nan")
 
     def table(self) -> str:
         """The agreement of each prediction, as a fixed-width text table."""
@@ -608,3 +635,14 @@ def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, top_k: int = 8,
     agreements["uppercase tokens have M > 0"] = (sum(v.log_odds > 0 for v in upper), len(upper))
     agreements["other tokens have M <= 0"] = (sum(v.log_odds <= 0 for v in other), len(other))
     return Theorem33Agreement(verdicts, agreements, top_upper / top_total if top_total else float("nan"))
+
+
+def unigram_cross_entropy(train_stream: torch.Tensor, val_stream: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy (nats per token) on ``val_stream`` of the unigram model fitted on ``train_stream``.
+
+    The baseline a language model must beat to have learned anything from context: token frequencies of
+    the training stream with add-one smoothing, ``p(z) = (n_z + 1) / (n + V)``.
+    """
+    counts = torch.bincount(train_stream, minlength=vocab_size).double() + 1.0
+    log_p = (counts / counts.sum()).log()
+    return float(-log_p[val_stream].mean())
