@@ -68,3 +68,12 @@ def test_classified_tilting_curves_follow_the_theorem():
         shapes.append(CurveShape(token, str(token), kind, peak, float(delta_p[:, token].max())))
     order = peak_order(shapes, LOG_ODDS, alpha_end=20.0)
     assert order.n_pairs > 0 and order.share_ordered == 1.0
+
+
+def test_log_odds_ranks_count_from_either_end():
+    from steerlib.curves import log_odds_ranks
+
+    assert log_odds_ranks(LOG_ODDS, [0, 4, 5]).tolist() == [1, 6, 4]
+    assert log_odds_ranks(LOG_ODDS, [0, 4, 5], side="min").tolist() == [6, 1, 3]
+    with pytest.raises(ValueError, match="side"):
+        log_odds_ranks(LOG_ODDS, [0], side="top")

@@ -160,3 +160,40 @@ def peak_order(shapes: Sequence[CurveShape], log_odds: np.ndarray, alpha_end: fl
         return float(direction * np.median([e[0] for e in group])) if group else float("nan")
 
     return PeakOrder(n_pairs, n_ordered, len(targets), len(off_targets), median(targets), median(off_targets))
+
+
+def top_token_curves(sweep, at: str = "max", k: int = 8) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+    """The curves of the ``k`` most probable tokens at the largest (``"max"``) or smallest (``"min"``) ``α``,
+    on the half-line they are read on (``α >= 0`` or ``α <= 0``), as in Figs. 6 and A.10.
+
+    Args:
+        sweep: a :class:`steerlib.sweeps.NextTokenSweep`.
+        at: ``"max"`` or ``"min"``.
+        k: how many tokens.
+
+    Returns:
+        ``(alphas, delta_p, token_ids, tokens)`` with ``delta_p`` of shape ``(len(alphas), k)``.
+    """
+    token_ids = [int(t) for t in sweep.top_tokens(at, k)]
+    inside = sweep.alphas >= 0 if at == "max" else sweep.alphas <= 0
+    curves = np.stack([sweep.curve(t)[inside] for t in token_ids], axis=1)
+    return sweep.alphas[inside], curves, token_ids, [sweep.token(t) for t in token_ids]
+
+
+def half_line(at: str) -> tuple[float, float]:
+    """The ``alpha_range`` of :meth:`NextTokenSweep.classify` for ``at="max"`` (``α >= 0``) or ``"min"``."""
+    if at not in ("max", "min"):
+        raise ValueError(f"at={at!r}: use 'max' (α >= 0) or 'min' (α <= 0)")
+    return (0.0, np.inf) if at == "max" else (-np.inf, 0.0)
+
+
+def log_odds_ranks(log_odds: np.ndarray, token_ids: Sequence[int], side: str = "max") -> np.ndarray:
+    """Rank of each token's ``M(z)`` in the vocabulary: 1 for the largest (``side="max"``) or smallest
+    (``"min"``) log-odds, ``V`` for the other end (ties share the best rank).
+    """
+    if side not in ("max", "min"):
+        raise ValueError(f"side={side!r}: use 'max' (rank 1 = largest M) or 'min' (rank 1 = smallest M)")
+    values = np.asarray(log_odds, dtype=np.float64)
+    values = -values if side == "max" else values
+    ordered = np.sort(values)
+    return np.searchsorted(ordered, values[np.asarray(token_ids, dtype=np.int64)], side="left") + 1
