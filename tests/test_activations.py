@@ -99,3 +99,18 @@ def test_cosine_similarity_matrix():
     assert np.allclose(np.diag(matrix), 1.0)
     with pytest.raises(ValueError, match="zero"):
         cosine_similarity_matrix([torch.zeros(2)])
+
+
+def test_last_log_probs_match_the_engine_and_the_log_odds(prompt_folder, tmp_path):
+    from steerlib.activations import prompt_set_last_log_probs
+    from steerlib.curves import concept_log_odds
+    from steerlib.sweeps import last_position_log_probs, log_odds
+
+    lm = tiny_lm("llama")
+    cached = prompt_set_last_log_probs(lm, "joy", "positive", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert torch.allclose(cached, last_position_log_probs(lm, TEXTS["positive"][:3]), atol=1e-5)
+    with pytest.raises(ValueError):  # concept_log_odds reads data/prompt_sets: the tiny file is elsewhere
+        concept_log_odds(lm, "no-such-concept", "random", 3, tmp_path)
+    prompt_set_last_log_probs(lm, "joy", "negative_random", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
+    expected = log_odds(lm, TEXTS["positive"][:3], TEXTS["negative_random"][:3])
+    assert np.allclose(concept_log_odds(lm, "joy", "random", 3, tmp_path), expected, atol=1e-5)

@@ -26,8 +26,7 @@ import torch
 
 from steerlib.models import LoadedModel
 from steerlib.prompts import load_prompt_set
-from steerlib.vectors import (SETTINGS, FirstPosition, SteeringVector, bootstrap_vectors, token_mean_activations,
-                              vectors_from_activations)
+from steerlib.vectors import SETTINGS, FirstPosition, SteeringVector, bootstrap_vectors, vectors_from_activations
 
 NEGATIVE_KIND = {"random": "negative_random", "contrastive": "negative_contrastive"}
 """The prompt-set kind that plays N in each setting (Sec. 4)."""
@@ -70,23 +69,72 @@ def prompt_set_activations(
     Returns:
         fp32 CPU tensor of shape ``(n_texts, lm.n_layers, lm.hidden_size)``.
     """
+    return _load_or_compute_set(lm, concept, kind, n_texts, folder, first_position, batch_size, progress,
+                                prompt_folder)["activations"]
+
+
+def prompt_set_last_log_probs(
+    lm: LoadedModel,
+    concept: str,
+    kind: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    batch_size: int = 8,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """``log p(·|c_j)``, the model's next-token log-probabilities at the last position of each text.
+
+    They come out of the same forward pass as :func:`prompt_set_activations` and are cached with them; they
+    give the model's log-odds ``M(z)`` (Def. 3.2, see :func:`steerlib.curves.concept_log_odds`).
+
+    Returns:
+        fp32 CPU tensor of shape ``(n_texts, vocabulary)``.
+    """
+    return _load_or_compute_set(lm, concept, kind, n_texts, folder, "exclude", batch_size, progress,
+                                prompt_folder)["last_log_probs"]
+
+
+def _load_or_compute_set(lm, concept, kind, n_texts, folder, first_position, batch_size, progress,
+                         prompt_folder) -> dict[str, torch.Tensor]:
+    """Per-text token means at every block and last-position log-probabilities, from one cached forward."""
     from safetensors.torch import load_file, save_file
+
+    from steerlib.vectors import _check_first_position, _forward_blocks
 
     if n_texts < 1:
         raise ValueError(f"n_texts must be at least 1, got {n_texts}")
+    _check_first_position(first_position)
     path = activations_path(folder, lm.name, concept, kind, n_texts, first_position)
     if path.exists():
-        return load_file(str(path))["activations"]
+        cached = load_file(str(path))
+        if "last_log_probs" in cached:
+            return cached
     texts = load_prompt_set(concept, kind, prompt_folder)
     if len(texts) < n_texts:
         raise ValueError(f"the {kind} prompt set of {concept!r} has {len(texts)} texts, fewer than n_texts = "
                          f"{n_texts}: lower n_texts or generate more with steerlib.prompts.generate_prompt_sets")
-    activations = token_mean_activations(lm, texts[:n_texts], None, first_position, batch_size, progress=progress)
+    def reduce(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The token mean of each text and its last position (left padding: index -1 for every text)."""
+        weights = keep.to(torch.float32).unsqueeze(-1)
+        mean = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)
+        return torch.cat([mean, hidden[:, -1].float()], dim=-1).cpu()
+
+    batches = _forward_blocks(lm, texts[:n_texts], list(range(lm.n_layers)), reduce, first_position, batch_size,
+                              "left", progress)
+    last_hidden = torch.cat([per_layer[-1][:, lm.hidden_size:] for per_layer in batches])
+    with torch.no_grad():
+        log_probs = lm.logits(last_hidden.to(device=lm.device, dtype=lm.dtype)).float().log_softmax(dim=-1).cpu()
+    result = {
+        "activations": torch.cat([torch.stack([b[:, :lm.hidden_size] for b in per_layer], dim=1)
+                                  for per_layer in batches]).contiguous(),
+        "last_log_probs": log_probs.contiguous(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"activations": activations.contiguous()}, str(tmp))
+    save_file(result, str(tmp))
     tmp.replace(path)
-    return activations
+    return result
 
 
 def _check_setting(setting: str) -> str:

@@ -77,10 +77,25 @@ def concept_log_odds(lm: LoadedModel, concept: str, setting: str, n_texts: int, 
 
     ``M(z) = (1/|P|) Σ_P log p(z|c) - (1/|N|) Σ_N log p(z|c)``, with ``p(·|c)`` the next-token distribution at
     the last position of each text; float64, one entry per vocabulary token.
+
+    Args:
+        lm: the model.
+        concept: e.g. ``"joy"``.
+        setting: ``"random"`` or ``"contrastive"`` (which N).
+        n_texts: texts per set (the first ones of each file).
+        folder: cache folder. With ``layer=None`` this is the activations cache of
+            :mod:`steerlib.activations` (the log-probabilities come from the same forward pass).
+        layer: ``None`` for the model's output; a block for the logit lens at its output.
     """
+    from steerlib.activations import prompt_set_last_log_probs
+
     kind = NEGATIVE_KIND[_check_setting(setting)]
-    positive = cached_last_position_log_probs(lm, concept, "positive", n_texts, folder, layer)
-    negative = cached_last_position_log_probs(lm, concept, kind, n_texts, folder, layer)
+    if layer is None:
+        positive = prompt_set_last_log_probs(lm, concept, "positive", n_texts, folder)
+        negative = prompt_set_last_log_probs(lm, concept, kind, n_texts, folder)
+    else:
+        positive = cached_last_position_log_probs(lm, concept, "positive", n_texts, folder, layer)
+        negative = cached_last_position_log_probs(lm, concept, kind, n_texts, folder, layer)
     return (positive.double().mean(dim=0) - negative.double().mean(dim=0)).numpy()
 
 
