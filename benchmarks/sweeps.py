@@ -1,0 +1,237 @@
+"""Benchmark: a 256-α next-token sweep on SmolLM2, the straightforward way vs steerlib's α-batched forward.
+
+The straightforward way (as the paper's code does it) registers a forward hook that adds ``α v`` at block
+``ℓ`` and runs the model's full forward on the α-batch (every block on every position, logits of every
+position). steerlib runs blocks ``0..ℓ`` once, blocks ``ℓ+1..L-1`` on the α-batch, and the unembedding on
+the last position only; for last-token steering it also caches the prompt's prefix, so each α costs one
+position through blocks ``ℓ+1..L-1``.
+
+Measured, for all-position steering at the middle layer and for last-token steering:
+- time and peak memory, each measurement in a fresh process (after loading the model and a 2-α warm-up),
+  repetitions interleaved across methods, medians reported (the machine is shared and noisy); peak memory
+  is the kernel's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before
+  the sweep) minus the resident set before it: the extra memory the sweep needed at its peak;
+- the largest ``|difference|`` of next-token probabilities between the two methods;
+- the FLOP ratio straightforward / lower bound, where the lower bound counts only what must be computed:
+  blocks ``0..ℓ`` once on the prompt, blocks ``ℓ+1..L-1`` on the α-batch (one position each for last-token
+  steering), the unembedding of the last position. The measured speed-up is compared with it.
+
+With ``--first-position`` it instead measures how the first position (SmolLM2's massive activation) affects
+``‖v‖`` at every layer, including it in the token means or not.
+
+Run: ``.venv/bin/python benchmarks/sweeps.py [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from steerlib.models import load_model
+from steerlib.steering import steer, steered_next_token_log_probs
+from steerlib.vectors import SteeringVector, steering_vectors
+
+PROMPT = ("My neighbour told me yesterday that the new bakery on the corner of our street sells the best "
+          "bread in town, so early this morning I went there and")
+FALLBACK_POSITIVE = ["I am so happy today, everything feels bright and wonderful!",
+                     "What a joyful morning: I laughed with my friends and loved every minute.",
+                     "I feel delighted and grateful, life is full of good surprises."]
+FALLBACK_NEGATIVE = ["The meeting is scheduled for three o'clock in room four.",
+                     "Tables are usually made of wood, metal or plastic.",
+                     "The train leaves the station every twenty minutes."]
+METHODS = ("straightforward-all", "steerlib-all", "straightforward-last", "steerlib-last")
+
+
+def concept_texts() -> tuple[list[str], list[str], str]:
+    """P and N (random), 32 each, from the repository's prompt sets ("joy" if present), else built-in texts."""
+    from steerlib.prompts import load_prompt_set, prompt_sets_folder
+
+    files = sorted(prompt_sets_folder().glob("*.jsonl"), key=lambda path: path.stem != "joy")
+    for path in files:
+        try:
+            return (load_prompt_set(path.stem, "positive")[:32], load_prompt_set(path.stem, "negative_random")[:32],
+                    f"prompt set {path.stem!r}")
+        except ValueError:
+            continue
+    return FALLBACK_POSITIVE, FALLBACK_NEGATIVE, "built-in texts"
+
+
+def setup(vector_path: str | None = None):
+    """The model, the middle layer and its vector (read from ``vector_path`` when given, else computed)."""
+    lm = load_model()
+    layer = lm.n_layers // 2
+    if vector_path is not None:
+        vector = SteeringVector.load(vector_path)
+    else:
+        positive, negative, _ = concept_texts()
+        vector = steering_vectors(lm, positive, negative, "joy", "random", layers=[layer], progress=False)[layer]
+    ids = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    return lm, layer, vector, ids
+
+
+def straightforward(lm, vector, ids, alphas, positions: str) -> torch.Tensor:
+    """The paper's way: a hook adds α v at block ℓ; full forward of the α-batch; logits of every position."""
+    with torch.no_grad(), steer(lm, vector, alphas, positions=positions):
+        logits = lm.model(input_ids=ids.expand(len(alphas), -1)).logits
+    return logits[:, -1].float().softmax(dim=-1)
+
+
+def ours(lm, vector, ids, alphas, positions: str) -> torch.Tensor:
+    return steered_next_token_log_probs(lm, ids[0], vector, alphas, positions=positions).exp()
+
+
+def run_method(method: str, lm, vector, ids, alphas) -> torch.Tensor:
+    kind, positions = method.rsplit("-", 1)
+    return (straightforward if kind == "straightforward" else ours)(lm, vector, ids, alphas, positions)
+
+
+def flop_counts(lm, layer: int, length: int, n_alphas: int) -> dict[str, float]:
+    """Multiply-adds x 2 of the straightforward forward and of the lower bound, per steering mode."""
+    block_params = sum(p.numel() for p in lm.blocks[0].parameters())
+    d, vocabulary, n_layers = lm.hidden_size, lm.unembedding.weight.shape[0], lm.n_layers
+
+    def block_flops(tokens: float, context: float) -> float:
+        return tokens * (2 * block_params + 4 * context * d)  # weights + attention scores and values
+
+    unembed = 2 * d * vocabulary
+    mean_context = (length + 1) / 2
+    straightforward_flops = n_layers * block_flops(n_alphas * length, mean_context) + n_alphas * length * unembed
+    prefix = (layer + 1) * block_flops(length, mean_context)
+    bound_all = prefix + (n_layers - layer - 1) * block_flops(n_alphas * length, mean_context) + n_alphas * unembed
+    bound_last = (n_layers * block_flops(length, mean_context)  # the prompt once, with its cache
+                  + (n_layers - layer - 1) * block_flops(n_alphas, length) + n_alphas * unembed)
+    return {"straightforward": straightforward_flops, "bound-all": bound_all, "bound-last": bound_last}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def probe(method: str, n_alphas: int, vector_path: str, probabilities_path: str | None, threads: int) -> dict:
+    """One measurement in a fresh process: wall time and extra peak resident memory of one sweep.
+
+    After loading and a 2-α warm-up (lazy initialisation), ``VmHWM`` is reset to the current resident set
+    through ``/proc/self/clear_refs``; the sweep's peak is ``VmHWM`` afterwards minus ``VmRSS`` before it.
+    """
+    torch.set_num_threads(threads)
+    lm, layer, vector, ids = setup(vector_path)
+    alphas = torch.linspace(-200, 200, n_alphas)
+    run_method(method, lm, vector, ids, alphas[:2])
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    probabilities = run_method(method, lm, vector, ids, alphas)
+    seconds = time.perf_counter() - start
+    peak = (_status_kib("VmHWM") - before) / 1024
+    if probabilities_path is not None:
+        torch.save(probabilities, probabilities_path)
+    return {"method": method, "seconds": seconds, "peak_extra_mib": peak}
+
+
+def benchmark(n_alphas: int, repetitions: int, threads: int) -> dict:
+    lm, layer, vector, ids = setup()
+    flops = flop_counts(lm, layer, ids.shape[1], n_alphas)
+    times = {method: [] for method in METHODS}
+    peaks = {method: [] for method in METHODS}
+    with tempfile.TemporaryDirectory() as folder:
+        vector_path = str(vector.save(Path(folder) / "vector.safetensors"))
+        for repetition in range(repetitions):  # interleaved: every method once per repetition
+            for method in METHODS:
+                command = [sys.executable, __file__, "--probe", method, "--n-alphas", str(n_alphas),
+                           "--vector", vector_path, "--threads", str(threads)]
+                if repetition == 0:
+                    command += ["--probabilities", str(Path(folder) / f"{method}.pt")]
+                result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True)
+                                    .stdout.strip().splitlines()[-1])
+                times[method].append(result["seconds"])
+                peaks[method].append(result["peak_extra_mib"])
+        probabilities = {method: torch.load(Path(folder) / f"{method}.pt") for method in METHODS}
+    report = {"model": lm.name, "layer": layer, "prompt_tokens": int(ids.shape[1]), "n_alphas": n_alphas,
+              "repetitions": repetitions, "threads": threads,
+              "memory_method": "peak RSS (VmHWM reset by /proc/self/clear_refs) minus RSS before the sweep, "
+                               "in a fresh process per measurement after a 2-alpha warm-up"}
+    for positions in ("all", "last"):
+        slow, fast = f"straightforward-{positions}", f"steerlib-{positions}"
+        report[positions] = {
+            "straightforward_s": statistics.median(times[slow]), "steerlib_s": statistics.median(times[fast]),
+            "speedup": statistics.median(times[slow]) / statistics.median(times[fast]),
+            "flop_ratio_bound": flops["straightforward"] / flops[f"bound-{positions}"],
+            "straightforward_peak_mib": statistics.median(peaks[slow]),
+            "steerlib_peak_mib": statistics.median(peaks[fast]),
+            "max_abs_probability_difference": float((probabilities[slow] - probabilities[fast]).abs().max()),
+            "times_straightforward_s": times[slow], "times_steerlib_s": times[fast],
+        }
+    return report
+
+
+def first_position_report() -> dict:
+    """‖v‖ per layer with the first position included in or excluded from the token means (SmolLM2)."""
+    lm = load_model()
+    positive, negative, source = concept_texts()
+    vectors = {policy: steering_vectors(lm, positive, negative, "joy", "random", first_position=policy,
+                                        progress=False) for policy in ("exclude", "include")}
+    layers = range(lm.n_layers)
+    ids = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    return {
+        "model": lm.name, "texts": source, "n_pos": len(positive), "n_neg": len(negative),
+        "norm_exclude": [vectors["exclude"][layer].norm for layer in layers],
+        "norm_include": [vectors["include"][layer].norm for layer in layers],
+        "cosine": [float(torch.nn.functional.cosine_similarity(vectors["exclude"][layer].vector,
+                                                               vectors["include"][layer].vector, dim=0))
+                   for layer in layers],
+        "first_position_norm_over_median_token_norm": [float(h[0, 0].norm() / h[0, 1:].norm(dim=-1).median())
+                                                       for h in hidden[1:]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--n-alphas", type=int, default=256)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per measurement (1: on a shared machine more threads mostly wait)")
+    parser.add_argument("--first-position", action="store_true", help="measure the first-position policy instead")
+    parser.add_argument("--probe", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--vector", help=argparse.SUPPRESS)
+    parser.add_argument("--probabilities", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.n_alphas, args.vector, args.probabilities, args.threads)))
+        return
+    report = first_position_report() if args.first_position else benchmark(args.n_alphas, args.repetitions, args.threads)
+    if args.json:
+        print(json.dumps(report))
+        return
+    if args.first_position:
+        print(f"{report['model']}, {report['texts']} (|P| = {report['n_pos']}, |N| = {report['n_neg']})")
+        print("layer  ‖v‖ exclude  ‖v‖ include  ratio  cosine  ‖h_first‖/median ‖h_t‖ (prompt)")
+        for layer, (e, i, c, f) in enumerate(zip(report["norm_exclude"], report["norm_include"], report["cosine"],
+                                                 report["first_position_norm_over_median_token_norm"])):
+            print(f"{layer:5d}  {e:11.2f}  {i:11.2f}  {i / e:5.2f}  {c:6.3f}  {f:8.1f}")
+        return
+    print(f"{report['model']}, layer {report['layer']}, {report['prompt_tokens']} prompt tokens, "
+          f"{report['n_alphas']} α, median of {report['repetitions']}, {report['threads']} threads")
+    for positions in ("all", "last"):
+        row = report[positions]
+        print(f"{positions:>4}: straightforward {row['straightforward_s']:.2f} s, steerlib {row['steerlib_s']:.3f} s, "
+              f"speed-up {row['speedup']:.1f}x (FLOP bound {row['flop_ratio_bound']:.1f}x); peak extra memory "
+              f"{row['straightforward_peak_mib']:.0f} MiB vs {row['steerlib_peak_mib']:.0f} MiB; "
+              f"max |Δprob| {row['max_abs_probability_difference']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
