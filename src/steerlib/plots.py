@@ -446,3 +446,60 @@ def plot_language_model_loss(train_losses: Sequence[float], eval_steps: Sequence
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def plot_layer_profiles(profiles: Mapping[str, np.ndarray], *, styles: Mapping[str, dict] | None = None,
+                        ax: plt.Axes | None = None, logy: bool = True, ylabel: str = "norm",
+                        title: str = "Norms per block") -> plt.Axes:
+    """One quantity per block, several curves (e.g. ``‖v^(ℓ)‖`` per concept against the residual norm).
+
+    Args:
+        profiles: curve label -> values, one per block (block ``ℓ`` at x = ``ℓ``).
+        styles: optional matplotlib keyword arguments per label (colour, linestyle, ...); by default curves
+            are coloured with :data:`CONCEPT_COLORS` in order.
+        ax: axes to draw on (a new figure when ``None``).
+        logy: logarithmic vertical axis.
+        ylabel: label of the vertical axis.
+        title: axes title.
+    """
+    if not profiles:
+        raise ValueError("profiles is empty: give at least one curve")
+    ax = _new_axes(ax)
+    for k, (label, values) in enumerate(profiles.items()):
+        values = np.asarray(values, dtype=float)
+        style = {"color": concept_color(k)} | dict((styles or {}).get(label, {}))
+        ax.plot(np.arange(values.size), values, label=label, **style)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("block ℓ")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(ncol=2)
+    return ax
+
+
+def plot_similarity_matrix(matrix: np.ndarray, labels: Sequence[str], *, ax: plt.Axes | None = None,
+                           title: str = "Cosine similarity of steering vectors") -> plt.Axes:
+    """Heat map of a symmetric similarity matrix in ``[-1, 1]`` with its values written in the cells.
+
+    Args:
+        matrix: shape ``(n, n)``.
+        labels: the ``n`` row/column names.
+        ax: axes to draw on (a new square figure when ``None``).
+        title: axes title.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (len(labels), len(labels)):
+        raise ValueError(f"matrix has shape {matrix.shape}; expected ({len(labels)}, {len(labels)}), one row per label")
+    ax = _new_axes(ax, figsize=(0.9 * len(labels) + 2.4, 0.75 * len(labels) + 1.6))
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.grid(False)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(matrix[i, j]) > 0.6 else "black")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title)
+    return ax
