@@ -14,7 +14,7 @@ from steerlib import ufm
 from steerlib.corpora import split_sentences
 from steerlib.models import load_model
 from steerlib.sweeps import NextTokenSweep
-from steerlib.tinygpt import (TinyGPTConfig, is_uppercase_word, load_or_train, load_tiny_gpt, prepare_texts,
+from steerlib.tinygpt import (TinyGPTConfig, is_lowercase_word, is_uppercase_word, load_or_train, load_tiny_gpt, prepare_texts,
                               sentence_prefixes, split_documents, theorem_3_3_agreement, train_tiny_gpt,
                               train_tokenizer, unigram_cross_entropy, uppercase_contexts, uppercase_prompt_sets,
                               uppercase_sentences)
@@ -137,9 +137,11 @@ def test_prefixes_are_word_prefixes(sentences, min_words, extra):
         assert len(kept) == len(words) or min_words <= len(kept) <= min_words + extra
 
 
-def test_uppercase_words():
+def test_uppercase_and_lowercase_words():
     assert all(is_uppercase_word(t) for t in (" THE", "NSW", "A", " ING", "US-"))
-    assert not any(is_uppercase_word(t) for t in (" The", " the", ",", " 2001", "<|endoftext|>"[2:-2] + "x"))
+    assert not any(is_uppercase_word(t) for t in (" The", " the", ",", " 2001", "endoftext"))
+    assert all(is_lowercase_word(t) for t in (" The", " the", "ing", "Mr"))
+    assert not any(is_lowercase_word(t) for t in (" THE", ",", " 2001", " "))
 
 
 def test_tokenizer_keeps_uppercase_words_representable():

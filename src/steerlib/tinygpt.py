@@ -453,6 +453,14 @@ def uppercase_prompt_sets(passages: list[str], q: int, setting: str = "contrasti
     return positives, negatives
 
 
+def is_lowercase_word(token: str) -> bool:
+    """Whether a decoded token has a lowercase letter: the complement of the concept among tokens with letters.
+
+    ``" the"`` and ``" The"`` are; ``" THE"``, ``","`` and ``" 2001"`` are not.
+    """
+    return token != token.upper()
+
+
 def is_uppercase_word(token: str) -> bool:
     """Whether a decoded token is (a piece of) an uppercase word: it has a cased letter and no lowercase one.
 
@@ -574,7 +582,9 @@ def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, top_k: int = 8, ri
       ``α``, so a larger ``M`` peaks later (pairs of bumps with different peaks);
     - *uppercase peaks after other tokens*: Th. 3.3's peak position, ``z ∈ T``, ``z' ∉ T`` ⇒
       ``α(j,z') < α(j,z)`` (pairs of rising tokens with different peaks);
-    - *uppercase tokens have M > 0*, *other tokens have M <= 0*: Lemma B.4's sign separation.
+    - *uppercase tokens have M > 0*, *lowercase tokens have M <= 0*: Lemma B.4's sign separation, over the
+      whole vocabulary. Assumption 1 puts every token in one concept; tokens without letters (punctuation,
+      digits, spaces) are written the same in both cases, belong to neither side, and are left out.
 
     Under Assumptions 1-2 and the UFM's linear readout every prediction holds (up to what a finite grid
     can show: a bump must peak inside the grid and stand out by ``tolerance``, see
@@ -636,11 +646,12 @@ def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, top_k: int = 8, ri
     agreements["uppercase peaks after other tokens"] = summed(
         lambda a, b: a.peak_alpha > b.peak_alpha
         if a.uppercase and not b.uppercase and a.peak_alpha != b.peak_alpha else None)
-    unique = {v.token_id: v for v in verdicts}.values()
-    upper = [v for v in unique if v.uppercase]
-    other = [v for v in unique if not v.uppercase]
-    agreements["uppercase tokens have M > 0"] = (sum(v.log_odds > 0 for v in upper), len(upper))
-    agreements["other tokens have M <= 0"] = (sum(v.log_odds <= 0 for v in other), len(other))
+    vocabulary = sweeps[0].tokens
+    upper = np.array([is_uppercase_word(t) for t in vocabulary])
+    lower = np.array([is_lowercase_word(t) for t in vocabulary])
+    agreements["uppercase tokens have M > 0 (whole vocabulary)"] = (int((log_odds[upper] > 0).sum()), int(upper.sum()))
+    agreements["lowercase tokens have M <= 0 (whole vocabulary)"] = (int((log_odds[lower] <= 0).sum()),
+                                                                      int(lower.sum()))
     return Theorem33Agreement(verdicts, agreements, top_upper / top_total if top_total else float("nan"))
 
 
