@@ -1,0 +1,194 @@
+"""ΔCE(α) on a corpus: the chunked α-batched path equals a hooked full forward; fits, limits, derivatives, reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import steerlib.cross_entropy as cross_entropy
+from steerlib.cross_entropy import (CrossEntropySweep, cross_entropy_sweep, derivative_statistics,
+                                    limit_target_log_probs, load_or_compute_cross_entropy, quadratic_fit,
+                                    steered_target_log_probs)
+from steerlib.models import LoadedModel
+from steerlib.steering import block_hidden, steer
+from test_models import VOCABULARY, tiny_lm
+
+ALPHAS = torch.tensor([-40.0, -3.0, 0.0, 0.7, 9.0, 120.0])
+
+
+def corpus_blocks(seed: int = 1, shape: tuple[int, int] = (3, 12)) -> torch.Tensor:
+    return torch.randint(0, VOCABULARY, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def direction(lm, seed: int = 2) -> torch.Tensor:
+    return torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(seed))
+
+
+def direct_target_log_probs(lm, ids, v, alphas, layer) -> torch.Tensor:
+    """The reference: the model's own forward under :func:`steer` (one α per row), all logits at once."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float32)
+    batch = ids.shape[0]
+    with torch.no_grad(), steer(lm, v, alphas.repeat_interleave(batch), layer=layer):
+        log_probs = lm.model(input_ids=ids.repeat(len(alphas), 1)).logits.float().log_softmax(dim=-1)
+    targets = ids[:, 1:].repeat(len(alphas), 1)
+    return log_probs[:, :-1].gather(-1, targets[..., None])[..., 0].reshape(len(alphas), batch, -1)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "gemma3-multimodal"])
+def test_chunked_path_equals_the_hooked_full_forward(family):
+    lm = tiny_lm(family)
+    ids, v = corpus_blocks(), direction(lm)
+    for layer in (0, 2, lm.n_layers - 1):
+        reference = direct_target_log_probs(lm, ids, v, ALPHAS, layer)
+        ours = steered_target_log_probs(lm, ids, v, ALPHAS, layer=layer, alpha_batch=4, logit_chunk=7)
+        assert ours.shape == (len(ALPHAS), 3, 11)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+        assert (reference[-1] - reference[2]).abs().max() > 1e-2  # steering does change the scores
+
+
+def test_sweep_delta_ce_equals_the_direct_computation():
+    lm = tiny_lm("llama")
+    ids, v = corpus_blocks(shape=(5, 9)), direction(lm)
+    sweep = cross_entropy_sweep(lm, ids, v, ALPHAS.numpy(), layer=1, batch_size=2, logit_chunk=5, progress=False)
+    reference = -direct_target_log_probs(lm, ids, v, sweep.alphas, 1).double().mean(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(sweep.ce, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sweep.delta_ce, reference - reference[sweep.alphas == 0], rtol=0, atol=1e-5)
+    assert sweep.n_tokens == 5 * 8
+    assert sweep.delta_ce[sweep.alphas == 0] == 0.0
+
+
+def test_relative_alphas_are_in_units_of_the_residual_norm():
+    lm = tiny_lm("llama")
+    ids, v = corpus_blocks(), direction(lm)
+    sweep = cross_entropy_sweep(lm, ids, v, [-1.0, 0.5], layer=1, alpha_scale="relative", derivative_step=None,
+                                progress=False)
+    assert sweep.parameters["mean_residual_norm"] / float(v.norm()) == pytest.approx(sweep.unit)
+    np.testing.assert_allclose(sweep.alphas_relative, [-1.0, 0.0, 0.5])
+    np.testing.assert_allclose(sweep.alphas, np.array([-1.0, 0.0, 0.5]) * sweep.unit)
+
+
+def test_delta_ce_reaches_the_prop_4_1_plateau():
+    lm = tiny_lm("llama")
+    ids, v = corpus_blocks(), direction(lm)
+    sweep = cross_entropy_sweep(lm, ids, v, [-1e5, 1e5], layer=1, derivative_step=None, progress=False)
+    np.testing.assert_allclose(sweep.delta_ce[[-1, 0]], sweep.delta_ce_limit, rtol=0, atol=1e-4)
+    assert sweep.delta_ce_limit.max() > 0.1  # the plateau is far from 0: reaching it is not trivial
+    expected_plus = -limit_target_log_probs(lm, ids, v, 1).mean().item()
+    assert sweep.limit_ce[0] == pytest.approx(expected_plus)
+
+
+@pytest.mark.slow
+def test_chunked_path_on_smollm2_with_a_short_text():
+    from steerlib.models import load_model
+
+    lm = load_model()
+    ids = lm.tokenizer("The river rose overnight and the town council met at dawn to plan.",
+                       return_tensors="pt")["input_ids"]
+    v = direction(lm)
+    v = 3.0 * v / v.norm()
+    alphas = torch.tensor([-20.0, 0.0, 5.0])
+    reference = direct_target_log_probs(lm, ids, v, alphas, 15)
+    ours = steered_target_log_probs(lm, ids, v, alphas, layer=15, logit_chunk=4)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def linear_readout_lm() -> LoadedModel:
+    """A tiny model whose ``lm.logits`` is the bare unembedding, so steering the last block is linear in α."""
+    lm = tiny_lm("llama")
+    return LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name="tiny-llama-linear-readout", blocks=lm.blocks,
+                       final_norm=nn.Identity(), unembedding=lm.unembedding)
+
+
+def test_derivatives_match_th_3_8_when_logits_are_linear_in_alpha():
+    lm = linear_readout_lm()
+    ids, v = corpus_blocks(), direction(lm)
+    layer = lm.n_layers - 1
+    stats = derivative_statistics(lm, ids, v, step=1.0, layer=layer)  # differences are exact for a linear map
+    n = stats["n_tokens"]
+    assert stats["nonlinear_terms"] / n == pytest.approx(0.0, abs=1e-3)
+    # d = W v at every position: the variance term is Var_{p_t}(W v) exactly.
+    captured = {}
+    handle = lm.blocks[layer].register_forward_hook(lambda module, args, output: captured.update(h=block_hidden(output)))
+    with torch.no_grad():
+        lm.model(input_ids=ids)
+    handle.remove()
+    hidden = captured["h"]
+    p = lm.unembedding(hidden[:, :-1]).double().softmax(-1)
+    d = lm.unembedding.weight.double() @ v.double()
+    variance = (p * d**2).sum(-1) - (p * d).sum(-1) ** 2
+    assert stats["variance_d"] / n == pytest.approx(float(variance.mean()), rel=1e-3)
+
+
+def test_derivative_statistics_add_up_to_the_finite_difference_curvature():
+    lm = tiny_lm("qwen3")
+    ids, v = corpus_blocks(), direction(lm)
+    M = np.linspace(-1.0, 1.0, VOCABULARY)
+    step = 2e-2
+    stats = derivative_statistics(lm, ids, v, step=step, layer=1, log_odds=M)
+    n = stats["n_tokens"]
+    curvature = (stats["ce_plus"] + stats["ce_minus"] - 2 * stats["ce_zero"]) / (n * step**2)
+    # Both terms are large and nearly cancel on this random model: the identity needs both.
+    assert curvature == pytest.approx((stats["variance_d"] + stats["nonlinear_terms"]) / n, rel=3e-2)
+    slope = (stats["ce_plus"] - stats["ce_minus"]) / (2 * step * n)
+    assert slope == pytest.approx(stats["slope_terms"] / n, rel=2e-2, abs=1e-4)
+    assert stats["variance_log_odds"] > 0
+    assert stats["covariance_d_log_odds"] ** 2 <= stats["variance_d"] * stats["variance_log_odds"]
+    with pytest.raises(ValueError, match="log_odds"):
+        derivative_statistics(lm, ids, v, step=5e-2, layer=1, log_odds=M[:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(slope=st.floats(-3, 3), curvature=st.floats(0, 10), window=st.floats(0.25, 2.0))
+def test_quadratic_fit_recovers_an_exact_local_law(slope, curvature, window):
+    alphas = np.linspace(-5, 5, 101)
+    delta_ce = slope * alphas + curvature * alphas**2 + 0.3 * np.where(np.abs(alphas) > window, alphas**4, 0.0)
+    fit = quadratic_fit(alphas, delta_ce, window)
+    assert fit.slope == pytest.approx(slope, abs=1e-8)
+    assert fit.curvature == pytest.approx(curvature, abs=1e-8)
+    np.testing.assert_allclose(fit(alphas[np.abs(alphas) <= window]), delta_ce[np.abs(alphas) <= window], atol=1e-8)
+
+
+def test_quadratic_fit_sees_curvature_outside_the_window():
+    alphas = np.linspace(-1, 1, 21)
+    fit = quadratic_fit(alphas, alphas**2 + alphas**4, 1.0)
+    assert fit.curvature > 1.0 and fit.relative_residual > 1e-3
+    with pytest.raises(ValueError, match="widen"):
+        quadratic_fit(alphas, alphas**2, 0.05)
+
+
+def test_bad_blocks_are_rejected_with_advice():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        steered_target_log_probs(lm, torch.tensor([1, 2, 3]), v, [1.0], layer=1)
+    with pytest.raises(ValueError, match="tokenise"):
+        steered_target_log_probs(lm, torch.full((1, 4), VOCABULARY), v, [1.0], layer=1)
+    with pytest.raises(ValueError, match="alpha_scale"):
+        cross_entropy_sweep(lm, corpus_blocks(), v, [1.0], layer=1, alpha_scale="percent")
+
+
+def test_save_load_and_load_or_compute_reuse(tmp_path, monkeypatch):
+    lm = tiny_lm("gpt2")
+    ids, v = corpus_blocks(), direction(lm)
+    first = load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-2.0, 2.0], layer=1, progress=False)
+    saved = list(tmp_path.glob("ce-*.npz"))
+    assert len(saved) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("recomputed a sweep that was saved")
+
+    monkeypatch.setattr(cross_entropy, "cross_entropy_sweep", refuse)
+    again = load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-2.0, 2.0], layer=1, progress=False)
+    np.testing.assert_array_equal(again.ce, first.ce)
+    np.testing.assert_array_equal(again.limit_ce, first.limit_ce)
+    assert again.statistics == first.statistics and again.parameters == first.parameters
+    with pytest.raises(AssertionError, match="recomputed"):  # another grid is another result
+        load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-3.0, 2.0], layer=1, progress=False)
+    loaded = CrossEntropySweep.load(saved[0])
+    assert loaded.n_tokens == first.n_tokens and loaded.unit == first.unit
+    with pytest.raises(ValueError, match="cross_entropy_sweep"):
+        CrossEntropySweep.load(tmp_path / "missing.npz")
