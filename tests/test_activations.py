@@ -43,7 +43,7 @@ def test_concept_vectors_equal_eq3_on_the_same_texts(prompt_folder, tmp_path):
 def test_activations_are_cached_and_reused(prompt_folder, tmp_path):
     lm = tiny_lm("llama")
     first = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
-    path = activations_path(tmp_path, lm.name, "joy", "positive", 2, "exclude")
+    path = activations_path(tmp_path, lm.name, "joy", "positive", 2)
     assert path.exists() and first.shape == (2, lm.n_layers, lm.hidden_size)
     (prompt_folder / "joy.jsonl").unlink()  # the cache must not need the texts any more
     again = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
@@ -114,3 +114,15 @@ def test_last_log_probs_match_the_engine_and_the_log_odds(prompt_folder, tmp_pat
     prompt_set_last_log_probs(lm, "joy", "negative_random", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
     expected = log_odds(lm, TEXTS["positive"][:3], TEXTS["negative_random"][:3])
     assert np.allclose(concept_log_odds(lm, "joy", "random", 3, tmp_path), expected, atol=1e-5)
+
+
+def test_both_first_position_policies_come_from_one_pass(prompt_folder, tmp_path):
+    from steerlib.vectors import token_mean_activations
+
+    lm = tiny_lm("llama")
+    for policy in ("exclude", "include"):
+        cached = prompt_set_activations(lm, "joy", "negative_random", 4, tmp_path, policy, progress=False,
+                                        prompt_folder=prompt_folder)
+        direct = token_mean_activations(lm, TEXTS["negative_random"], first_position=policy, progress=False)
+        assert torch.allclose(cached, direct, atol=1e-5), policy
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1

@@ -36,10 +36,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def activations_path(folder: str | os.PathLike, model_name: str, concept: str, kind: str, n_texts: int,
-                     first_position: str) -> Path:
-    """Where :func:`prompt_set_activations` caches one prompt set's per-text means."""
-    return Path(folder) / f"{_slug(model_name)}-{_slug(concept)}-{kind}-n{n_texts}-{first_position}.safetensors"
+def activations_path(folder: str | os.PathLike, model_name: str, concept: str, kind: str, n_texts: int) -> Path:
+    """Where :func:`prompt_set_activations` caches one prompt set's per-text means (both first-position
+    policies) and last-position log-probabilities."""
+    return Path(folder) / f"{_slug(model_name)}-{_slug(concept)}-{kind}-n{n_texts}.safetensors"
 
 
 def prompt_set_activations(
@@ -97,44 +97,71 @@ def prompt_set_last_log_probs(
 
 def _load_or_compute_set(lm, concept, kind, n_texts, folder, first_position, batch_size, progress,
                          prompt_folder) -> dict[str, torch.Tensor]:
-    """Per-text token means at every block and last-position log-probabilities, from one cached forward."""
+    """Per-text token means at every block and last-position log-probabilities, from one cached forward.
+
+    The cache holds the means without the first position, the first position's state and the token counts,
+    so both first-position policies come out of the same pass: with it included, the mean of a text of
+    ``T`` tokens is ``((T - 1) · mean_without + h_first) / T``. Texts are run sorted by length, which keeps
+    padding (computed, then masked) to a minimum.
+    """
     from safetensors.torch import load_file, save_file
 
-    from steerlib.vectors import _check_first_position, _forward_blocks
+    from steerlib.vectors import _check_first_position
 
     if n_texts < 1:
         raise ValueError(f"n_texts must be at least 1, got {n_texts}")
     _check_first_position(first_position)
-    path = activations_path(folder, lm.name, concept, kind, n_texts, first_position)
+    path = activations_path(folder, lm.name, concept, kind, n_texts)
     if path.exists():
         cached = load_file(str(path))
-        if "last_log_probs" in cached:
-            return cached
+    else:
+        cached = _compute_set(lm, concept, kind, n_texts, batch_size, progress, prompt_folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(cached, str(tmp))
+        tmp.replace(path)
+    activations = cached["means_without_first"]
+    if first_position == "include":
+        others = cached["counts"].reshape(-1, 1, 1)
+        activations = (activations * others + cached["first"]) / (others + 1)
+    return {"activations": activations, "last_log_probs": cached["last_log_probs"]}
+
+
+def _compute_set(lm, concept, kind, n_texts, batch_size, progress, prompt_folder) -> dict[str, torch.Tensor]:
+    from steerlib.vectors import _forward_blocks
+
     texts = load_prompt_set(concept, kind, prompt_folder)
     if len(texts) < n_texts:
         raise ValueError(f"the {kind} prompt set of {concept!r} has {len(texts)} texts, fewer than n_texts = "
                          f"{n_texts}: lower n_texts or generate more with steerlib.prompts.generate_prompt_sets")
-    def reduce(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The token mean of each text and its last position (left padding: index -1 for every text)."""
-        weights = keep.to(torch.float32).unsqueeze(-1)
-        mean = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)
-        return torch.cat([mean, hidden[:, -1].float()], dim=-1).cpu()
+    texts = texts[:n_texts]
+    lengths = [len(lm.tokenizer(text)["input_ids"]) for text in texts]
+    if min(lengths) < 2:
+        raise ValueError(f"a text of the {kind} set of {concept!r} has fewer than two tokens: nothing is left "
+                         "once the first position is set aside; remove it from the prompt set")
+    order = sorted(range(n_texts), key=lambda j: lengths[j])
+    d = lm.hidden_size
 
-    batches = _forward_blocks(lm, texts[:n_texts], list(range(lm.n_layers)), reduce, first_position, batch_size,
-                              "left", progress)
-    last_hidden = torch.cat([per_layer[-1][:, lm.hidden_size:] for per_layer in batches])
+    def reduce(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Mean over the kept tokens, the first token's state, the last position's state, the count."""
+        weights = keep.to(torch.float32).unsqueeze(-1)
+        count = weights.sum(dim=1)
+        mean = (hidden.float() * weights).sum(dim=1) / count
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        first = hidden[rows, keep.to(torch.float32).argmax(dim=1) - 1].float()  # left padding: just before
+        return torch.cat([mean, first, hidden[:, -1].float(), count], dim=-1).cpu()
+
+    batches = _forward_blocks(lm, [texts[j] for j in order], list(range(lm.n_layers)), reduce, "exclude",
+                              batch_size, "left", progress)
+    stacked = torch.cat([torch.stack(per_layer, dim=1) for per_layer in batches])  # (n, layers, 3d + 1)
+    unsort = torch.empty(n_texts, dtype=torch.long)
+    unsort[torch.tensor(order)] = torch.arange(n_texts)
+    stacked = stacked[unsort]
     with torch.no_grad():
-        log_probs = lm.logits(last_hidden.to(device=lm.device, dtype=lm.dtype)).float().log_softmax(dim=-1).cpu()
-    result = {
-        "activations": torch.cat([torch.stack([b[:, :lm.hidden_size] for b in per_layer], dim=1)
-                                  for per_layer in batches]).contiguous(),
-        "last_log_probs": log_probs.contiguous(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(result, str(tmp))
-    tmp.replace(path)
-    return result
+        last = stacked[:, -1, 2 * d:3 * d].to(device=lm.device, dtype=lm.dtype)
+        log_probs = lm.logits(last).float().log_softmax(dim=-1).cpu()
+    return {"means_without_first": stacked[:, :, :d].contiguous(), "first": stacked[:, :, d:2 * d].contiguous(),
+            "counts": stacked[:, 0, -1].contiguous(), "last_log_probs": log_probs.contiguous()}
 
 
 def _check_setting(setting: str) -> str:
