@@ -448,6 +448,40 @@ def plot_language_model_loss(train_losses: Sequence[float], eval_steps: Sequence
     return ax
 
 
+def plot_judged_concept_probability(alphas: np.ndarray, probability: np.ndarray, low: np.ndarray,
+                                    high: np.ndarray, *, fit=None, label: str = "", color: str | None = None,
+                                    ax: plt.Axes | None = None,
+                                    title: str = "Concept probability of steered completions") -> plt.Axes:
+    """Judged concept probability p̂(α) with its confidence band and a fitted logistic (Figure 7 top, A.11).
+
+    Args:
+        alphas: the steering strengths, shape ``(A,)``.
+        probability: p̂(α), shape ``(A,)``.
+        low, high: the confidence band, shape ``(A,)``.
+        fit: a callable ``fit(α)`` (e.g. :class:`steerlib.concept.SigmoidFit`) drawn dashed on a fine grid.
+        label: legend entry (e.g. the concept).
+        color: line colour (default :data:`TARGET_COLOR`).
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    color = color or TARGET_COLOR
+    ax = _new_axes(ax)
+    ax.fill_between(alphas, low, high, color=color, alpha=0.18, linewidth=0)
+    ax.plot(alphas, probability, color=color, marker="o", markersize=3.5, label=label or None)
+    if fit is not None:
+        fine = np.linspace(alphas.min(), alphas.max(), 200)
+        ax.plot(fine, fit(fine), color=color, linestyle="--", linewidth=1.1,
+                label=f"{label} logistic fit" if label else "logistic fit")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel("concept probability p̂(α)")
+    ax.set_title(title)
+    if label or fit is not None:
+        ax.legend()
+    return ax
+
+
 def plot_layer_profiles(profiles: Mapping[str, np.ndarray], *, styles: Mapping[str, dict] | None = None,
                         ax: plt.Axes | None = None, logy: bool = True, ylabel: str = "norm",
                         title: str = "Norms per block") -> plt.Axes:
