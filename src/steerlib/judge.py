@@ -408,3 +408,16 @@ def make_judge(kind: str, lm=None):
         return LogProbJudge(lm) if kind == "log-prob" else GenerationJudge(lm)
     raise ValueError(f"unknown judge {kind!r}: use one of {', '.join(JUDGES)}, or pass any callable "
                      "judge(texts, concept) -> JudgeResult.")
+
+
+def load_or_compute_agreement(path: str | Path, compute) -> dict[str, float]:
+    """``compute()`` (an :func:`agreement` dict), saved as JSON at ``path`` and reused when it exists."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    scores = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(scores), encoding="utf-8")
+    tmp.replace(path)
+    return scores
