@@ -171,3 +171,23 @@ def test_mean_residual_norm_matches_manual_mean():
     norms = recorded["h"][0].norm(dim=-1)
     assert mean_residual_norm(lm, "hello there", 2) == pytest.approx(float(norms[1:].mean()), rel=1e-6)
     assert mean_residual_norm(lm, ["hello there"], 2, "include") == pytest.approx(float(norms.mean()), rel=1e-6)
+
+
+def test_smollm2_batched_forward_equals_hooked_full_forward():
+    """The embedded model (30 blocks, massive first-position activation), middle layer, both modes."""
+    pytest.importorskip("gguf")
+    from steerlib.models import load_model, smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except ValueError as error:
+        pytest.skip(str(error))
+    lm = load_model()
+    ids = lm.tokenizer("Today I feel that the weather", return_tensors="pt")["input_ids"][0]
+    v = direction(lm)
+    alphas = torch.tensor([-40.0, 0.0, 10.0, 80.0])
+    for positions in ("all", "last"):
+        reference = hooked_full_forward(lm, ids, v, alphas, 15, positions)[:, -1].exp()
+        ours = steered_next_token_log_probs(lm, ids, v, alphas, layer=15, positions=positions).exp()
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+        assert (reference[-1] - reference[1]).abs().max() > 1e-2

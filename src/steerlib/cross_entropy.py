@@ -65,6 +65,41 @@ _STATISTICS = ("n_tokens", "ce_zero", "ce_minus", "ce_plus", "variance_d", "slop
                "variance_log_odds", "covariance_d_log_odds")
 
 
+def corpus_blocks(tokenizer, corpus: str = "lee_background", n_tokens: int = 512, block_length: int = 64,
+                  seed: int = 0) -> torch.Tensor:
+    """Blocks of ``block_length`` token ids holding at least ``n_tokens`` scored tokens, from a real corpus.
+
+    The corpus's token stream (documents separated by the end-of-text token) is cut into consecutive blocks
+    (:func:`steerlib.corpora.chunk_tokens`) and ``ceil(n_tokens / (block_length - 1))`` of them are drawn
+    without replacement (seeded), kept in corpus order.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        corpus: a name of :data:`steerlib.corpora.CORPORA` (default the Lee news articles shipped by gensim),
+            ``"fineweb"`` (streams FineWeb, needs the dataset hub), or a local ``.jsonl``/``.parquet`` file
+            with a ``text`` column.
+        n_tokens: scored tokens wanted (the paper: 10^6 of FineWeb).
+        block_length: tokens per block ``T``; each block scores ``T - 1`` next-token predictions.
+        seed: which blocks are drawn.
+    """
+    from steerlib.corpora import CORPORA, FINEWEB, chunk_tokens, fineweb_texts, load_corpus
+
+    if block_length < 2 or n_tokens < 1:
+        raise ValueError(f"need block_length >= 2 and n_tokens >= 1, got {block_length} and {n_tokens}.")
+    n_blocks = -(-n_tokens // (block_length - 1))
+    if corpus in CORPORA:
+        texts = load_corpus(corpus)
+    else:
+        source = FINEWEB if corpus == "fineweb" else corpus
+        texts = fineweb_texts(n_blocks * block_length, tokenizer, source=source)
+    blocks = chunk_tokens(texts, tokenizer, block_length)
+    if blocks.shape[0] < n_blocks:
+        raise ValueError(f"{corpus!r} gives {blocks.shape[0]} blocks of {block_length} tokens, fewer than the "
+                         f"{n_blocks} needed for {n_tokens} tokens: lower n_tokens or give a larger corpus.")
+    chosen = np.sort(np.random.default_rng(seed).choice(blocks.shape[0], n_blocks, replace=False))
+    return blocks[torch.as_tensor(chosen)]
+
+
 def _check_blocks(lm: LoadedModel, blocks) -> torch.Tensor:
     blocks = torch.as_tensor(blocks)
     if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
@@ -376,6 +411,32 @@ class CrossEntropySweep:
     def curvature_nonlinear(self) -> float:
         """``(1/2) mean_t (E_{p_t}[y''_t] - y''_{t,z})``: the part of ``(1/2) ΔCE''(0)`` from curved logits."""
         return 0.5 * self.statistics["nonlinear_terms"]
+
+    def local_law_predicted(self, relative: bool = True) -> tuple[float, float]:
+        """``(ΔCE'(0), (1/2) mean_t Var_{p_t}(d_t))``: the slope and the linear-logit curvature, per unit of
+        ``α_rel`` (``relative=True``) or of ``α``."""
+        scale = self.unit if relative else 1.0
+        return self.slope_predicted * scale, self.curvature_linear * scale**2
+
+    @property
+    def log_odds_correlation(self) -> float:
+        """Pooled ``ρ = mean_t Cov_{p_t}(d_t, M) / sqrt(mean_t Var_{p_t}(d_t) · mean_t Var_{p_t}(M))``.
+
+        ``ρ²`` is the share of ``mean_t Var_{p_t}(d_t)`` that the best multiple ``κ M`` of the log-odds
+        reproduces: the Th. 3.8 coefficient computed from ``κ M`` instead of ``d`` is ``ρ²`` times
+        :attr:`curvature_linear`. In the UFM under Assumption 2, ``d = M`` up to a constant and ``ρ = 1``.
+        """
+        if "variance_log_odds" not in self.statistics:
+            raise ValueError("this sweep was computed without log_odds: pass log_odds= to cross_entropy_sweep.")
+        stats = self.statistics
+        return stats["covariance_d_log_odds"] / np.sqrt(stats["variance_d"] * stats["variance_log_odds"])
+
+    @property
+    def curvature_log_odds(self) -> float:
+        """Th. 3.8's coefficient taken literally with the model's log-odds: ``(1/2) mean_t Var_{p_t}(M)``."""
+        if "variance_log_odds" not in self.statistics:
+            raise ValueError("this sweep was computed without log_odds: pass log_odds= to cross_entropy_sweep.")
+        return 0.5 * self.statistics["variance_log_odds"]
 
     def plateau_ratio(self) -> np.ndarray:
         """``ΔCE`` at the largest and at the smallest ``α`` over its Prop. 4.1 plateau, ``[+, -]`` (→ 1)."""

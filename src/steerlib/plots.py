@@ -537,3 +537,100 @@ def plot_similarity_matrix(matrix: np.ndarray, labels: Sequence[str], *, ax: plt
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title)
     return ax
+
+
+def plot_delta_ce_near_zero(alphas: np.ndarray, curves: Mapping[str, np.ndarray], *,
+                            fits: Mapping[str, tuple[float, float]] | None = None,
+                            predictions: Mapping[str, tuple[float, float]] | None = None,
+                            ax: plt.Axes | None = None, xlabel: str = "steering strength α",
+                            title: str = "ΔCE(α) near α = 0: the local quadratic law (Th. 3.8)") -> plt.Axes:
+    """Measured ``ΔCE`` near 0 (markers) with a fitted and a predicted ``b α + c α²`` per curve (Fig. 5, 7).
+
+    Args:
+        alphas: the strengths shown, shape ``(A,)``.
+        curves: label -> ``ΔCE`` on ``alphas``; coloured with :data:`CONCEPT_COLORS` in order.
+        fits: label -> ``(slope, curvature)`` of the least-squares fit, drawn solid.
+        predictions: label -> ``(slope, curvature)`` predicted, drawn dashed.
+        ax: axes to draw on (a new figure when ``None``).
+        xlabel: label of the horizontal axis (e.g. ``"relative strength α_rel"``).
+        title: axes title.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    fine = np.linspace(alphas.min(), alphas.max(), 200)
+    ax = _new_axes(ax)
+    for k, (label, values) in enumerate(curves.items()):
+        color = concept_color(k)
+        ax.plot(alphas, np.asarray(values, dtype=float), "o", color=color, markersize=4, label=f"{label}: measured")
+        if fits and label in fits:
+            slope, curvature = fits[label]
+            ax.plot(fine, slope * fine + curvature * fine**2, color=color, linewidth=1.3, label=f"{label}: fit")
+        if predictions and label in predictions:
+            slope, curvature = predictions[label]
+            ax.plot(fine, slope * fine + curvature * fine**2, color=color, linestyle="--", linewidth=1.1,
+                    label=f"{label}: predicted")
+    ax.axhline(0.0, color=REFERENCE_COLOR, linewidth=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ΔCE(α) (nats / token)")
+    ax.set_title(title)
+    ax.legend(ncol=2)
+    return ax
+
+
+def plot_delta_ce_plateau(alphas: np.ndarray, curves: Mapping[str, np.ndarray],
+                          plateaus: Mapping[str, tuple[float, float]], *, linear_threshold: float = 0.1,
+                          ax: plt.Axes | None = None, xlabel: str = "steering strength α",
+                          title: str = "ΔCE(α) over the whole range: the plateau (Prop. 4.1)") -> plt.Axes:
+    """``ΔCE`` over a wide range on a symmetric-log ``α`` axis, with the Prop. 4.1 plateau of each sign dashed.
+
+    Args:
+        alphas: the strengths, shape ``(A,)``, both signs.
+        curves: label -> ``ΔCE`` on ``alphas``; coloured with :data:`CONCEPT_COLORS` in order.
+        plateaus: label -> ``(CE(+∞) - CE(0), CE(-∞) - CE(0))``, drawn over ``α > 0`` and ``α < 0``.
+        linear_threshold: ``|α|`` below which the axis is linear.
+        ax: axes to draw on (a new figure when ``None``).
+        xlabel: label of the horizontal axis.
+        title: axes title.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    ax = _new_axes(ax)
+    for k, (label, values) in enumerate(curves.items()):
+        color = concept_color(k)
+        ax.plot(alphas, np.asarray(values, dtype=float), color=color, marker="o", markersize=3, label=label)
+        if label in plateaus:
+            plus, minus = plateaus[label]
+            ax.hlines(plus, 0, alphas.max(), colors=color, linestyles="--", linewidth=1.0,
+                      label=f"{label}: CE of σ(LN(±v)Wᵀ) − CE(0)")
+            ax.hlines(minus, alphas.min(), 0, colors=color, linestyles="--", linewidth=1.0)
+    ax.set_xscale("symlog", linthresh=linear_threshold)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ΔCE(α) (nats / token)")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def plot_accuracy_curve(alphas: np.ndarray, accuracy: np.ndarray, *, chance: float | None = 0.25,
+                        label: str = "", ax: plt.Axes | None = None, ylabel: str = "accuracy",
+                        title: str = "Accuracy under steering (Fig. A.6)") -> plt.Axes:
+    """A benchmark accuracy against ``α`` with the chance level dashed (MMLU: 25 %).
+
+    Args:
+        alphas: the strengths, shape ``(A,)``.
+        accuracy: the accuracy at each ``α``, shape ``(A,)``.
+        chance: accuracy of uniform guessing (``None`` to omit the line).
+        label: legend entry of the curve.
+        ax: axes to draw on (a new figure when ``None``).
+        ylabel: label of the vertical axis.
+        title: axes title.
+    """
+    ax = _new_axes(ax)
+    ax.plot(np.asarray(alphas, dtype=float), np.asarray(accuracy, dtype=float), color=TARGET_COLOR, marker="o",
+            markersize=3.5, label=label or None)
+    if chance is not None:
+        ax.axhline(chance, color=REFERENCE_COLOR, linestyle="--", linewidth=1.0, label="chance")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax

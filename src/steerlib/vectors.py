@@ -9,11 +9,15 @@ computed for every layer from one forward pass over P and one over N, in padded 
 masked out (left or right padding give the same vectors as one text at a time).
 
 First position. Llama-family models (SmolLM2 included) put a massive activation on the first position of
-every sequence, whatever the token: its norm is tens of times that of other tokens. Averaged into ``h_j``
-with weight ``1/T_j``, it adds to ``v`` a term that depends on the length mix of P and N rather than on the
-concept. The default ``first_position="exclude"`` therefore drops the first position of every text from the
-token mean (on SmolLM2 at its middle layer, including it multiplies ``‖v‖`` several times over — see the
-measurement in ``benchmarks/sweeps.py --first-position``); ``"include"`` keeps it, as a plain mean would.
+every sequence, whatever the token. Averaged into ``h_j`` with weight ``1/T_j``, it adds to ``v`` a term that
+depends on the lengths of the texts in P and N rather than on the concept. Measured on SmolLM2-135M-Instruct
+(``benchmarks/sweeps.py --first-position``, 32 + 32 texts of the "apathetic" prompt set, N random): up to
+block 10 the first position is 1-10 times the median token norm and both policies agree (‖v‖ ratio
+0.95-0.99, cosine > 0.98); from block 11 on it is 100-170 times larger, and including it multiplies ‖v‖ by
+3.4 at block 11 and 2.5 at the middle block 15, where the two vectors have cosine 0.40 only; the effect fades
+towards the last blocks (ratio 0.97, cosine 0.997 at block 29). The default ``first_position="exclude"``
+therefore drops the first token of every text from its mean; ``"include"`` keeps it, as a plain mean would.
+Steering itself adds ``α v`` to every position, the first included (see :mod:`steerlib.steering`).
 
 Example:
     >>> lm = load_model()
