@@ -610,6 +610,7 @@ def plot_delta_ce_plateau(alphas: np.ndarray, curves: Mapping[str, np.ndarray],
 
 
 def plot_accuracy_curve(alphas: np.ndarray, accuracy: np.ndarray, *, chance: float | None = 0.25,
+                        band: tuple[np.ndarray, np.ndarray] | None = None, color: str = TARGET_COLOR,
                         label: str = "", ax: plt.Axes | None = None, ylabel: str = "accuracy",
                         title: str = "Accuracy under steering (Fig. A.6)") -> plt.Axes:
     """A benchmark accuracy against ``α`` with the chance level dashed (MMLU: 25 %).
@@ -618,14 +619,19 @@ def plot_accuracy_curve(alphas: np.ndarray, accuracy: np.ndarray, *, chance: flo
         alphas: the strengths, shape ``(A,)``.
         accuracy: the accuracy at each ``α``, shape ``(A,)``.
         chance: accuracy of uniform guessing (``None`` to omit the line).
+        band: ``(low, high)`` confidence band drawn shaded (e.g. a Wilson interval), or ``None``.
+        color: colour of the curve and its band (several curves on one axes: :func:`concept_color`).
         label: legend entry of the curve.
         ax: axes to draw on (a new figure when ``None``).
         ylabel: label of the vertical axis.
         title: axes title.
     """
     ax = _new_axes(ax)
-    ax.plot(np.asarray(alphas, dtype=float), np.asarray(accuracy, dtype=float), color=TARGET_COLOR, marker="o",
-            markersize=3.5, label=label or None)
+    alphas = np.asarray(alphas, dtype=float)
+    if band is not None:
+        ax.fill_between(alphas, np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float), color=color,
+                        alpha=0.2, linewidth=0)
+    ax.plot(alphas, np.asarray(accuracy, dtype=float), color=color, marker="o", markersize=3.5, label=label or None)
     if chance is not None:
         ax.axhline(chance, color=REFERENCE_COLOR, linestyle="--", linewidth=1.0, label="chance")
     ax.set_ylim(-0.02, 1.02)
@@ -633,4 +639,31 @@ def plot_accuracy_curve(alphas: np.ndarray, accuracy: np.ndarray, *, chance: flo
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
+    return ax
+
+
+def plot_letter_shares(alphas: np.ndarray, shares: np.ndarray, *, letters: Sequence[str] = ("A", "B", "C", "D"),
+                       answer_shares: Sequence[float] | None = None, ax: plt.Axes | None = None,
+                       title: str = "Which letter the steered model answers") -> plt.Axes:
+    """Share of questions given each answer letter against ``α``, stacked to 1.
+
+    Args:
+        alphas: the strengths, shape ``(A,)``.
+        shares: share of questions answered with each letter, shape ``(A, len(letters))``.
+        letters: the letters, in the order of ``shares``' columns.
+        answer_shares: share of questions whose right answer is each letter, written in the legend.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+    """
+    ax = _new_axes(ax)
+    shares = np.asarray(shares, dtype=float)
+    labels = [f"{letter} (right answer of {100 * answer_shares[k]:.0f} %)" if answer_shares is not None else letter
+              for k, letter in enumerate(letters)]
+    ax.stackplot(np.asarray(alphas, dtype=float), shares.T, labels=labels,
+                 colors=[concept_color(k) for k in range(len(letters))], alpha=0.85)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("steering strength α")
+    ax.set_ylabel("share of questions")
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return ax
