@@ -363,3 +363,10 @@ def test_a_sweep_round_trips_and_reports_what_it_measured(tmp_path):
     with pytest.raises(ValueError, match="one subject per answer"):
         MMLUSweep([0.0], [0, 1], ["a"], [[0]], [[1.0]])
     assert saved_results(tmp_path / "nowhere") == []
+
+
+def test_an_endpoint_that_does_not_answer_is_unreachable(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused at once
+    assert mmlu.hub_reachable(timeout=1.0) is False
+    monkeypatch.setenv("HF_ENDPOINT", "not a url")
+    assert mmlu.hub_reachable(timeout=1.0) is False
