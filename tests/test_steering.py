@@ -36,6 +36,17 @@ def test_batched_forward_equals_hooked_full_forward(family, positions):
         assert (reference[-1] - reference[2]).abs().max() > 1e-2  # steering does move the distribution
 
 
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_alpha_batch_equals_one_alpha_at_a_time(positions):
+    """Each row of the α-batched forward is what a forward with that single α gives (no cross-talk)."""
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    batched = steered_next_token_log_probs(lm, PROMPT, v, ALPHAS, layer=1, positions=positions).exp()
+    for row, alpha in zip(batched, ALPHAS):
+        alone = steered_next_token_log_probs(lm, PROMPT, v, alpha[None], layer=1, positions=positions).exp()
+        torch.testing.assert_close(row, alone[0], rtol=0, atol=1e-6)
+
+
 def test_batched_forward_other_positions_and_chunks():
     lm = tiny_lm("llama")
     v = direction(lm)
