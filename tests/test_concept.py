@@ -113,42 +113,29 @@ def test_load_or_compute_calls_compute_once(tmp_path):
     np.testing.assert_array_equal(first.labels, second.labels)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from steerlib.models import _converted_smollm2_folder, find_parts
-
-    tokenizer = AutoTokenizer.from_pretrained(_converted_smollm2_folder())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
-    return find_parts(LlamaForCausalLM(config), tokenizer, "tiny-llama")
-
-
-def test_steered_sampling_shapes_seeds_and_steering(tiny_lm):
+def test_steered_sampling_shapes_seeds_and_steering(tiny_chat_lm):
     v = torch.randn(16)
     args = dict(prompts=["I think that", "Today I feel"], alphas=[0.0, 1e4], n_samples=3, max_new_tokens=5,
                 seed=7, layer=0, progress=False)
-    texts = sample_steered_completions(tiny_lm, v, **args)
+    texts = sample_steered_completions(tiny_chat_lm, v, **args)
     assert len(texts) == 2 and len(texts[0]) == 2 and len(texts[0][0]) == 3
-    assert sample_steered_completions(tiny_lm, v, **args) == texts
-    chunked = sample_steered_completions(tiny_lm, v, **dict(args, max_batch=4))
+    assert sample_steered_completions(tiny_chat_lm, v, **args) == texts
+    chunked = sample_steered_completions(tiny_chat_lm, v, **dict(args, max_batch=4))
     assert [[len(p) for p in a] for a in chunked] == [[3, 3], [3, 3]]
     # Near-greedy sampling: α = 0 rows are the unsteered greedy completion; α = 1e4 rows repeat the argmax of
     # LN(v)Wᵀ (Prop. 4.1), since the steered residual stream is dominated by α v at every position.
-    cold = sample_steered_completions(tiny_lm, v, **dict(args, temperature=1e-5))
-    tokenizer = tiny_lm.tokenizer
+    cold = sample_steered_completions(tiny_chat_lm, v, **dict(args, temperature=1e-5))
+    tokenizer = tiny_chat_lm.tokenizer
     ids = tokenizer("I think that", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        greedy = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+        greedy = tiny_chat_lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                                         pad_token_id=2)
-        limit_token = int(tiny_lm.unembedding(tiny_lm.final_norm(v[None])).argmax())
+        limit_token = int(tiny_chat_lm.unembedding(tiny_chat_lm.final_norm(v[None])).argmax())
     assert cold[0][0] == [tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)] * 3
     assert cold[1][0][0] == tokenizer.decode([limit_token] * 5, skip_special_tokens=True)
 
 
-def test_load_or_compute_concept_sweep_reuses(tiny_lm, tmp_path):
+def test_load_or_compute_concept_sweep_reuses(tiny_chat_lm, tmp_path):
     calls = []
 
     def judge(texts, concept):
@@ -158,10 +145,10 @@ def test_load_or_compute_concept_sweep_reuses(tiny_lm, tmp_path):
     judge.name = "parity"
     v = torch.randn(16)
     kwargs = dict(n_samples=2, max_new_tokens=3, seed=0, layer=1, concept="joy", progress=False)
-    first = load_or_compute_concept_sweep(tmp_path, tiny_lm, v, ["I think"], [-1.0, 0.0, 1.0], judge, **kwargs)
-    second = load_or_compute_concept_sweep(tmp_path, tiny_lm, v, ["I think"], [-1.0, 0.0, 1.0], judge, **kwargs)
+    first = load_or_compute_concept_sweep(tmp_path, tiny_chat_lm, v, ["I think"], [-1.0, 0.0, 1.0], judge, **kwargs)
+    second = load_or_compute_concept_sweep(tmp_path, tiny_chat_lm, v, ["I think"], [-1.0, 0.0, 1.0], judge, **kwargs)
     assert calls == [6]
     assert first.labels.shape == (3, 1, 2)
     np.testing.assert_array_equal(first.labels, second.labels)
-    load_or_compute_concept_sweep(tmp_path, tiny_lm, v, ["I think"], [-1.0, 1.0], judge, **kwargs)
+    load_or_compute_concept_sweep(tmp_path, tiny_chat_lm, v, ["I think"], [-1.0, 1.0], judge, **kwargs)
     assert calls == [6, 4]

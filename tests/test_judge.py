@@ -50,25 +50,12 @@ def test_question_is_the_papers():
         judge_question("text", " ")
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from steerlib.models import _converted_smollm2_folder, find_parts
-
-    tokenizer = AutoTokenizer.from_pretrained(_converted_smollm2_folder())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
-    return find_parts(LlamaForCausalLM(config), tokenizer, "tiny-llama")
-
-
-def test_log_prob_decision_matches_manual_computation(tiny_lm):
+def test_log_prob_decision_matches_manual_computation(tiny_chat_lm):
     texts = ["I am so happy!", "The train leaves at noon.", "Whatever."]
-    result = LogProbJudge(tiny_lm, batch_size=2)(texts, "joy")
-    again = LogProbJudge(tiny_lm, batch_size=3)(texts, "joy")
+    result = LogProbJudge(tiny_chat_lm, batch_size=2)(texts, "joy")
+    again = LogProbJudge(tiny_chat_lm, batch_size=3)(texts, "joy")
     np.testing.assert_allclose(result.margins, again.margins, atol=1e-4)  # left padding does not matter
-    tokenizer = tiny_lm.tokenizer
+    tokenizer = tiny_chat_lm.tokenizer
 
     def single_tokens(answer):
         encodings = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in (answer, " " + answer)]
@@ -81,17 +68,17 @@ def test_log_prob_decision_matches_manual_computation(tiny_lm):
              {"role": "user", "content": judge_question(text, "joy")}], tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            log_p = tiny_lm.model(ids).logits[0, -1].log_softmax(-1)
+            log_p = tiny_chat_lm.model(ids).logits[0, -1].log_softmax(-1)
         expected = float(torch.logsumexp(log_p[sorted(set(ones))], 0) - torch.logsumexp(log_p[sorted(set(zeros))], 0))
         assert margin == pytest.approx(expected, abs=1e-4)
         assert label == int(expected > 0)
     assert result.n_invalid == 0
-    shifted = LogProbJudge(tiny_lm, threshold=float(result.margins.max()) + 1)(texts, "joy")
+    shifted = LogProbJudge(tiny_chat_lm, threshold=float(result.margins.max()) + 1)(texts, "joy")
     assert shifted.labels.sum() == 0
 
 
-def test_generation_judge_counts_invalid(tiny_lm):
-    result = GenerationJudge(tiny_lm, max_new_tokens=3)(["I am so happy!", "Whatever."], "joy")
+def test_generation_judge_counts_invalid(tiny_chat_lm):
+    result = GenerationJudge(tiny_chat_lm, max_new_tokens=3)(["I am so happy!", "Whatever."], "joy")
     assert len(result.replies) == 2
     parsed = [parse_judge_reply(r) for r in result.replies]
     assert result.n_invalid == sum(p is None for p in parsed)

@@ -95,23 +95,8 @@ def test_eval_prompts(tmp_path):
         load_eval_prompts(path)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    """A 2-block random Llama with SmolLM2's tokenizer and chat template (offline, instantaneous)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from steerlib.models import _converted_smollm2_folder, find_parts
-
-    tokenizer = AutoTokenizer.from_pretrained(_converted_smollm2_folder())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
-    return find_parts(LlamaForCausalLM(config), tokenizer, "tiny-llama")
-
-
-def test_generate_prompt_sets_end_to_end(tiny_lm, tmp_path):
-    paths = prompts.generate_prompt_sets(tiny_lm, ["joy", "evil"], n_per_kind=3, max_new_tokens=4, seed=1,
+def test_generate_prompt_sets_end_to_end(tiny_chat_lm, tmp_path):
+    paths = prompts.generate_prompt_sets(tiny_chat_lm, ["joy", "evil"], n_per_kind=3, max_new_tokens=4, seed=1,
                                          batch_size=2, folder=tmp_path)
     assert set(paths) == {"joy", "evil"}
     records = load_prompt_records("joy", folder=tmp_path)
@@ -121,7 +106,7 @@ def test_generate_prompt_sets_end_to_end(tiny_lm, tmp_path):
     assert load_prompt_set("evil", "negative_random", folder=tmp_path) == [r["text"] for r in random_records]
     negation = records[3]
     assert negation["negation_fallback"] == (negation["negated_concept"] == "not joy")
-    again = prompts.generate_prompt_sets(tiny_lm, ["joy"], n_per_kind=3, max_new_tokens=4, seed=1, batch_size=2,
+    again = prompts.generate_prompt_sets(tiny_chat_lm, ["joy"], n_per_kind=3, max_new_tokens=4, seed=1, batch_size=2,
                                          folder=tmp_path / "again")
     assert load_prompt_records("joy", folder=tmp_path / "again") == records
     assert again["joy"].exists()

@@ -609,7 +609,7 @@ def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, top_k: int = 8, ri
             raise ValueError(f"sweep {index} keeps {len(sweep.token_ids)} tokens, not the whole vocabulary of "
                              f"{len(log_odds)}: run next_token_sweep(..., keep_tokens=None).")
         positive = sweep.alphas >= 0
-        alphas, delta_p = sweep.alphas[positive], sweep.delta_p[positive]
+        delta_p = sweep.delta_p[positive]
         p0 = sweep.p0
         excess = log_odds - float(p0 @ log_odds) / float(p0.sum())
         first_step = delta_p[1]
