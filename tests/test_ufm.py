@@ -14,13 +14,16 @@ from steerlib.ufm import (
     bump_locations,
     ce_quadratic_coefficient,
     classify_tokens,
+    concept_case,
     concept_increase,
     concept_increase_tanh,
+    concept_limits,
     concept_logit_at_zero,
     concept_nu,
     concept_probability,
     dataset_entropy,
     delta_ce,
+    delta_ce_asymptotes,
     delta_ce_derivative,
     delta_ce_second_derivative,
     delta_p,
@@ -35,6 +38,8 @@ from steerlib.ufm import (
     log_odds_sign_separation,
     max_log_odds_tokens,
     min_log_odds_tokens,
+    min_target_bump_outside,
+    remark_3_4_bound,
     select_steering_sets,
     steered_log_probs,
     steered_probs,
@@ -284,6 +289,44 @@ def test_bump_location_solves_mean_equation_and_is_the_peak(setting):
     assert np.all(locations[min_log_odds_tokens(M)] == -np.inf)
 
 
+@pytest.mark.parametrize("epsilon", [0.01, 0.1, 0.3, 0.47])
+def test_remark_3_4_bound_is_the_papers_formula(epsilon):
+    data = eq2_dataset(epsilon)
+    target = data.members(0)
+    M = data.log_odds(eq2_steering_sets(data))           # M(z) = log(a_z / b_z) on T for either N
+    G = data.G
+    paper = M[target].min() - epsilon / (G - 1) * np.log((1 - epsilon) * (G - 1) / epsilon)
+    assert remark_3_4_bound(data, 0) == pytest.approx(paper, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [0.01, 0.2, 0.47])
+def test_remark_3_4_bound_and_earliest_target_bump(epsilon):
+    data = eq2_dataset(epsilon)
+    target = data.members(0)
+    outside = np.flatnonzero(data.context_concepts != 0)
+    bound = remark_3_4_bound(data, 0)
+    for name in ("contrastive", "random"):
+        sets = eq2_steering_sets(data, name)
+        M = data.log_odds(sets)
+        m_z1 = M[target].min()
+        # The proof's inequality: M(z_1) - E_p[M] >= F for every context outside T.
+        assert np.all(m_z1 - data.rows[outside] @ M >= bound - 1e-12)
+        earliest = min_target_bump_outside(data, sets)
+        # At the earliest target bump, the context whose tilted mean is largest reaches M(z_1) (Th. 3.3).
+        means = [tilted_mean(data.rows[j], M, earliest)[0] for j in outside]
+        assert max(means) == pytest.approx(m_z1, abs=1e-9)
+        assert (earliest > 0) == bool(np.all(data.rows[outside] @ M < m_z1))
+        if bound > 0:
+            assert earliest > 0
+
+
+def test_remark_3_4_needs_contexts_outside_target():
+    data = eq2_dataset(contexts=("aab", "bba"))
+    sets = SteeringSets(0, (0,), (1,))
+    with pytest.raises(ValueError):
+        min_target_bump_outside(data, sets)
+
+
 def test_bump_location_bad_token(data):
     sets = eq2_steering_sets(data)
     with pytest.raises(ValueError, match="token index"):
@@ -330,6 +373,61 @@ def test_nu_by_quadrature_equals_logit_difference(setting):
         assert np.all(np.abs(nu) <= np.ptp(M) * np.abs(alphas) + 1e-12)
 
 
+def test_concept_case_on_constructed_log_odds():
+    M = np.array([2.0, 1.0, 0.5, -0.5, -1.0, -2.0, 0.0])
+    assert concept_case(M, [0, 1], is_target=True) == "target: increasing"
+    assert concept_case(M, [4, 5]) == "decreasing"
+    assert concept_case(M, [5]) == "decreasing"
+    assert concept_case(M, [2, 6]) == "common limit at ±∞"
+    assert concept_case(M, [1, 2, 3]) == "common limit at ±∞"
+    assert concept_case(M, [3, 5]) == "not covered"          # holds min M, but -0.5 > -1.0 outside
+    assert concept_case(M, [0, 2]) == "not covered"          # holds max M, not a target
+    ties = np.array([1.0, 0.0, -1.0, -1.0])
+    assert concept_case(ties, [2]) == "decreasing"           # max_C M <= min_{C^c} M is not strict
+    assert concept_case(ties, [1]) == "common limit at ±∞"
+    near_tie = np.array([1.0, 0.0, -1.0, -1.0 + 1e-13])
+    assert concept_case(near_tie, [3]) == "not covered"      # an extreme token (within TIE_TOLERANCE)
+    with pytest.raises(ValueError, match="whole vocabulary"):
+        concept_case(M, range(7))
+    with pytest.raises(ValueError, match="empty"):
+        concept_case(M, [])
+
+
+def test_concept_case_predicts_the_curves(setting):
+    data, sets, M = setting
+    cases = [concept_case(M, data.members(k), is_target=k == sets.target) for k in range(data.G)]
+    expected = {"contrastive": ["target: increasing", "decreasing", "common limit at ±∞"],
+                "random": ["target: increasing", "not covered", "not covered"]}
+    assert cases == expected[sets.setting]
+    alphas = np.linspace(-20, 20, 801)
+    for p in np.unique(data.rows, axis=0):
+        for k, case in enumerate(cases):
+            members = data.members(k)
+            curve = concept_increase(p, M, members, alphas)
+            if case == "target: increasing":                  # saturates at ±20: rounding noise only
+                assert np.all(np.diff(curve) >= -1e-12) and curve[-1] - curve[0] > 0.1
+            elif case == "decreasing":
+                assert np.all(np.diff(curve) <= 1e-12)
+            elif case == "common limit at ±∞":
+                far = concept_increase(p, M, members, [1e4, -1e4])
+                np.testing.assert_allclose(far, -p[members].mean(), atol=1e-12)
+
+
+def test_concept_limits_at_huge_alpha(setting):
+    data, _, M = setting
+    for p in np.unique(data.rows, axis=0):
+        for k in range(data.G):
+            members = data.members(k)
+            plus, minus = concept_limits(p, M, members)
+            far = concept_increase(p, M, members, [1e4, -1e4])
+            np.testing.assert_allclose([plus, minus], far, atol=1e-12)
+    # Each limit of Δp(C) is the mass the steered row puts on C, minus p(C), over |C|: they sum to zero.
+    p = data.rows[0]
+    limits = np.array([concept_limits(p, M, data.members(k)) for k in range(data.G)])
+    sizes = np.array([data.members(k).size for k in range(data.G)])
+    np.testing.assert_allclose(sizes @ limits, 0.0, atol=1e-12)
+
+
 # --- cross-entropy (Def. 3.7, Th. 3.8) ---------------------------------------------------------------------------
 
 def test_delta_ce_direct(setting):
@@ -356,6 +454,26 @@ def test_theorem_3_8_coefficient_and_derivatives(setting):
     np.testing.assert_allclose(delta_ce_derivative(rows, pi, M, alphas), fd1, rtol=1e-6, atol=1e-9)
     fd2 = (delta_ce_derivative(rows, pi, M, alphas + 1e-5) - delta_ce_derivative(rows, pi, M, alphas - 1e-5)) / 2e-5
     np.testing.assert_allclose(delta_ce_second_derivative(rows, pi, M, alphas), fd2, rtol=1e-6, atol=1e-9)
+
+
+def test_delta_ce_asymptotes_far_out(setting):
+    data, _, M = setting
+    rows, pi = data.rows, data.pi
+    (s_plus, b_plus), (s_minus, b_minus) = delta_ce_asymptotes(rows, pi, M)
+    far = 1e3
+    for sign, slope, intercept in ((1.0, s_plus, b_plus), (-1.0, s_minus, b_minus)):
+        values = delta_ce(rows, pi, M, [sign * far, 2 * sign * far])
+        numeric_slope = (values[1] - values[0]) / (sign * far)
+        assert slope == pytest.approx(numeric_slope, rel=1e-10)
+        assert intercept == pytest.approx(values[0] - numeric_slope * sign * far, abs=1e-8)
+    assert s_plus > 0 > s_minus
+    np.testing.assert_allclose(delta_ce_derivative(rows, pi, M, [1e3, -1e3]), [s_plus, s_minus], atol=1e-12)
+
+
+def test_delta_ce_asymptotes_bad_rows():
+    rows = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    with pytest.raises(ValueError, match="no mass"):
+        delta_ce_asymptotes(rows, [0.5, 0.5], [0.0, 0.5, 1.0])
 
 
 def test_delta_ce_bad_weights(data):

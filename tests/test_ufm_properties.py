@@ -6,7 +6,7 @@ steering sets are random or contrastive, with random ``q``.
 """
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from steerlib.ufm import (
@@ -14,9 +14,12 @@ from steerlib.ufm import (
     bump_location,
     ce_quadratic_coefficient,
     classify_tokens,
+    concept_case,
     concept_increase,
     concept_increase_tanh,
+    concept_limits,
     delta_ce,
+    delta_ce_asymptotes,
     delta_ce_second_derivative,
     delta_p,
     delta_p_derivative,
@@ -24,6 +27,8 @@ from steerlib.ufm import (
     log_odds_sign_separation,
     max_log_odds_tokens,
     min_log_odds_tokens,
+    min_target_bump_outside,
+    remark_3_4_bound,
     select_steering_sets,
 )
 
@@ -121,6 +126,40 @@ def test_theorem_3_3_monotone_extremes(case):
 
 @PROPERTY_SETTINGS
 @given(steered_datasets())
+def test_remark_3_4_sufficient_condition(case):
+    data, sets, M = case
+    target = data.members(sets.target)
+    outside = np.flatnonzero(data.context_concepts != sets.target)
+    bound = remark_3_4_bound(data, sets.target)
+    margins = M[target].min() - data.rows[outside] @ M        # M(z_1) - E_p[M] for contexts outside T
+    assert np.all(margins >= bound - 1e-12)
+    earliest = min_target_bump_outside(data, sets)
+    assert (earliest > 0) == bool(np.all(margins > 0))
+    if bound > 0:
+        assert earliest > 0
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_theorem_3_6_cases_and_limits(case):
+    data, sets, M = case
+    alphas = np.linspace(-20, 20, 161) / np.ptp(M)
+    for j in representative_contexts(data):
+        p = data.rows[j]
+        for k in range(data.G):
+            members = data.members(k)
+            np.testing.assert_allclose(concept_limits(p, M, members),
+                                       concept_increase(p, M, members, [1e4, -1e4]), atol=1e-12)
+            label = concept_case(M, members, is_target=k == sets.target)
+            curve = concept_increase(p, M, members, alphas)
+            if label == "decreasing":
+                assert np.all(np.diff(curve) <= 1e-12)
+            elif label == "common limit at ±∞":
+                np.testing.assert_allclose(concept_limits(p, M, members), -p[members].mean(), atol=1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
 def test_theorem_3_6_tanh_law(case):
     data, sets, M = case
     alphas = np.linspace(-8, 8, 33) / np.ptp(M)
@@ -157,3 +196,20 @@ def test_theorem_3_8_quadratic_and_convex(case):
     assert np.all(curve >= -1e-15)
     assert np.all(np.diff(curve, 2) >= -1e-12)
     assert np.all(delta_ce_second_derivative(rows, pi, M, alphas) >= 0)
+
+
+@PROPERTY_SETTINGS
+@given(steered_datasets())
+def test_delta_ce_asymptotes_far_out(case):
+    data, sets, M = case
+    rows, pi = data.rows, data.pi
+    levels = np.unique(M)
+    gap = min(levels[-1] - levels[-2], levels[1] - levels[0])   # the o(1) term decays like exp(-|α| gap)
+    assume(gap > 1e-3 * np.ptp(M))
+    far = 40.0 / gap
+    for sign, (slope, intercept) in zip((1.0, -1.0), delta_ce_asymptotes(rows, pi, M)):
+        values = delta_ce(rows, pi, M, [sign * far, 2 * sign * far])
+        numeric_slope = (values[1] - values[0]) / (sign * far)
+        np.testing.assert_allclose(slope, numeric_slope, rtol=1e-9)
+        np.testing.assert_allclose(intercept, values[0] - numeric_slope * sign * far,
+                                   atol=1e-12 * far * np.abs(M).max() + 1e-9)

@@ -824,6 +824,46 @@ def bump_locations(p, M) -> np.ndarray:
     return np.array([bump_location(p, M, z) for z in range(M.size)])
 
 
+def min_target_bump_outside(dataset: ConceptDataset, sets: SteeringSets) -> float:
+    """``min_{c_j notin T, z in T} α(j, z)``: the earliest target bump over the non-target contexts (Remark 3.4).
+
+    Remark 3.4 states that this is positive (target tokens only gain from positive steering) for the App. B.3
+    dataset and ``ε`` small enough; :func:`remark_3_4_bound` is the proof's sufficient condition.
+
+    Args:
+        dataset: a dataset satisfying Assumption 1.
+        sets: the steering sets; ``T = sets.target`` and ``M = dataset.log_odds(sets)``.
+    """
+    M = dataset.log_odds(sets)
+    target = dataset.members(sets.target)
+    outside = np.flatnonzero(dataset.context_concepts != sets.target)
+    if outside.size == 0:
+        raise ValueError("every context lies in the target concept: Remark 3.4 is about contexts outside T")
+    return float(min(bump_locations(dataset.rows[j], M)[target].min() for j in outside))
+
+
+def remark_3_4_bound(dataset: ConceptDataset, target: int) -> float:
+    """The sufficient condition of the proof of Remark 3.4: ``F = M(z_1) - β log(ρ/β)``.
+
+    ``z_1`` is the target token of smallest log-odds, ``M(z_1) = min_{z in T} log(a_z / b_z)`` (Lemma B.4, which
+    holds for every choice of ``P`` in ``T`` and ``N`` outside it), ``β = sum_{z in T} b_z`` and
+    ``ρ = sum_{z in T} a_z``. The proof bounds ``E_{p(.|c_j)}[M] <= β log(ρ/β)`` for every context
+    ``c_j notin T`` (``M <= 0`` off ``T``, then Gibbs' inequality), so ``F > 0`` gives
+    ``M(z_1) > E_{p(.|c_j)}[M]``, i.e. ``α(j, z) >= α(j, z_1) > 0`` for all ``z in T``. For the App. B.3 form
+    ``β = ε/(G-1)`` and ``ρ = 1 - ε``, which is the paper's
+    ``F(ε) = M(z_1) - ε/(G-1) log((1-ε)(G-1)/ε)``. The condition is sufficient, not necessary.
+
+    Args:
+        dataset: a dataset satisfying Assumption 1.
+        target: index of the target concept ``T``.
+    """
+    members = dataset.members(target)
+    m_z1 = np.log(dataset.a[members] / dataset.b[members]).min()
+    beta = dataset.b[members].sum()
+    rho = dataset.a[members].sum()
+    return float(m_z1 - beta * np.log(rho / beta))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Concept probability (Def. 3.5, Th. 3.6)
 # ---------------------------------------------------------------------------------------------------------
@@ -942,6 +982,68 @@ def concept_increase_tanh(p, M, members, alphas, *, step: float | None = None) -
     return (np.tanh((nu + r) / 2) - np.tanh(r / 2)) / (2 * members.size)
 
 
+CONCEPT_CASES = ("target: increasing", "decreasing", "common limit at ±∞", "not covered")
+"""The labels :func:`concept_case` returns, one per case of Th. 3.6 (and the case it leaves open)."""
+
+
+def concept_case(M, members, is_target: bool = False) -> str:
+    """Which consequence of Th. 3.6 applies to ``α -> Δp(C | c_j, α)`` (the same for every context ``c_j``).
+
+    - ``"target: increasing"``: ``C = T``, strictly increasing (point 1; ``is_target`` says so, since
+      ``M`` alone does not name the target);
+    - ``"decreasing"``: ``max_{z in C} M(z) <= min_{z notin C} M(z)``, decreasing (point 4);
+    - ``"common limit at ±∞"``: ``C ∩ (M̄ ∪ M̲) = ∅``, same limit ``-(1/|C|) sum_{z in C} p(z|c_j)`` on both
+      sides (point 3; ties of the extremes within :data:`TIE_TOLERANCE`);
+    - ``"not covered"``: none of these; Th. 3.6 then gives only its ``tanh`` form.
+
+    The two non-target cases exclude each other: under point 4, ``C`` holds a token of ``M̲``.
+
+    Args:
+        M: log-odds, shape ``[V]``.
+        members: token indices of the concept ``C``.
+        is_target: whether ``C`` is the target concept ``T`` of ``M``.
+
+    Returns:
+        one of :data:`CONCEPT_CASES`.
+    """
+    M = np.asarray(M, dtype=float)
+    if M.ndim != 1 or not np.all(np.isfinite(M)):
+        raise ValueError(f"log-odds M must be a finite 1-d array, one value per token; got shape {M.shape}")
+    members = _as_members(members, M.size)
+    outside = np.setdiff1d(np.arange(M.size), members)
+    if outside.size == 0:
+        raise ValueError("C is the whole vocabulary; give the token indices of a proper concept")
+    if is_target:
+        return CONCEPT_CASES[0]
+    if M[members].max() <= M[outside].min():
+        return CONCEPT_CASES[1]
+    extremes = np.union1d(max_log_odds_tokens(M), min_log_odds_tokens(M))
+    if np.intersect1d(members, extremes).size == 0:
+        return CONCEPT_CASES[2]
+    return CONCEPT_CASES[3]
+
+
+def concept_limits(p, M, members) -> tuple[float, float]:
+    """Limits of ``Δp(C | c_j, α)`` as ``α -> +∞`` and ``α -> -∞``: the token limits of Prop. B.1 (Eq. (5))
+    averaged over ``C`` (Def. 3.5).
+
+    ``lim_{+∞} = (1/|C|) sum_{z in C} (1{z in M̄} p(z|c_j) / p(M̄|c_j) - p(z|c_j))``; ``M̲`` for ``-∞``. When
+    ``C`` holds no extreme token both reduce to ``-(1/|C|) sum_{z in C} p(z|c_j)`` (Th. 3.6, point 3).
+
+    Args:
+        p: context row ``p(. | c_j)``, shape ``[V]``.
+        M: log-odds, shape ``[V]``.
+        members: token indices of the concept ``C``.
+
+    Returns:
+        ``(limit_plus, limit_minus)``.
+    """
+    p = _as_row(p)
+    members = _as_members(members, p.size)
+    plus, minus = delta_p_limits(p, M)
+    return float(plus[members].mean()), float(minus[members].mean())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Cross-entropy (Def. 3.7, Th. 3.8)
 # ---------------------------------------------------------------------------------------------------------
@@ -988,6 +1090,37 @@ def delta_ce_second_derivative(rows, weights, M, alphas) -> np.ndarray:
 def ce_quadratic_coefficient(rows, weights, M) -> float:
     """``(1/2) sum_j pi_j Var_{Z ~ p(.|c_j)}(M(Z))``: ``ΔCE(α) = coefficient · α² + o(α²)`` (Th. 3.8)."""
     return float(delta_ce_second_derivative(rows, weights, M, 0.0)[0] / 2)
+
+
+def delta_ce_asymptotes(rows, weights, M) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Slopes and intercepts of ``ΔCE(α) = s_± α + b_± + o(1)`` as ``α -> ±∞`` (from the proof of Th. 3.8).
+
+    ``ΔCE'(α) -> s_+ = max M - sum_j pi_j E_{p(.|c_j)}[M]`` and ``s_- = min M - sum_j pi_j E_{p(.|c_j)}[M]``,
+    since the tilted mean tends to ``max M`` (resp. ``min M``). In
+    ``ΔCE(α) = sum_j pi_j (log sum_z p(z|c_j) e^{α M(z)} - α E_{p(.|c_j)}[M])`` the sum inside the logarithm is
+    ``e^{α max M} p(M̄|c_j) (1 + o(1))``, hence ``b_+ = sum_j pi_j log p(M̄ | c_j)``; ``M̲`` gives ``b_-``.
+    ``s_+ > 0 > s_-`` unless ``M`` is constant: ``ΔCE`` grows linearly on both sides, without plateau.
+
+    Args:
+        rows: ``p(. | c_j)`` for every context, shape ``[m, V]``.
+        weights: ``pi_j``, shape ``[m]``.
+        M: log-odds, shape ``[V]``.
+
+    Returns:
+        ``((s_plus, b_plus), (s_minus, b_minus))``.
+    """
+    rows = _as_rows(rows)
+    weights = _as_weights(weights, rows.shape[0])
+    M = _as_log_odds(M, rows.shape[1])
+    mean_p = weights @ (rows @ M)
+    lines = []
+    for extreme, tokens in ((M.max(), max_log_odds_tokens(M)), (M.min(), min_log_odds_tokens(M))):
+        mass = rows[:, tokens].sum(axis=1)
+        if np.any(mass <= 0):
+            raise ValueError("some context puts no mass on the extreme log-odds tokens; its ΔCE has another "
+                             "asymptote (give rows with full support)")
+        lines.append((float(extreme - mean_p), float(weights @ np.log(mass))))
+    return lines[0], lines[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
