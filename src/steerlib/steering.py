@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import inspect
 from contextlib import contextmanager
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -61,6 +61,36 @@ class _StopForward(Exception):
 def block_hidden(output) -> torch.Tensor:
     """The hidden state in a block's output (a tensor in transformers 5, the first element of a tuple before)."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def record_block_outputs(lm: LoadedModel, inputs: dict, layers: Sequence[int],
+                         reduce: Callable[[torch.Tensor], torch.Tensor] = lambda hidden: hidden,
+                         ) -> dict[int, torch.Tensor]:
+    """``reduce(h^(ℓ))`` for every block ``ℓ`` in ``layers`` of one unsteered forward on ``inputs``.
+
+    The forward stops after the last block asked for, so later blocks and the unembedding never run.
+    """
+    recorded: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def record(index):
+        def hook(module, args, output):
+            recorded[index] = reduce(block_hidden(output))
+            if index == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [lm.blocks[index].register_forward_hook(record(index)) for index in layers]
+    try:
+        with torch.no_grad():
+            lm.model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded
 
 
 def _with_hidden(output, hidden: torch.Tensor):

@@ -321,29 +321,16 @@ def last_position_log_probs(lm: LoadedModel, texts: Sequence[str], layer: int | 
     With ``layer``, the distribution read from the output of that block through the final norm and the
     unembedding (the "logit lens"), which is what steering at that layer pushes on directly.
     """
-    from steerlib.steering import _StopForward, block_hidden
+    from steerlib.steering import record_block_outputs
 
     texts = _check_texts(texts, "texts")
     stop_at = lm.n_layers - 1 if layer is None else lm.check_layer(layer)
     rows = []
     for start in range(0, len(texts), batch_size):
         batch = padded_batch(lm, texts[start:start + batch_size], "left")
-        recorded = {}
-
-        def record(module, args, output):
-            recorded["hidden"] = block_hidden(output)[:, -1:]
-            raise _StopForward
-
-        handle = lm.blocks[stop_at].register_forward_hook(record)
-        try:
-            with torch.no_grad():
-                lm.model(**batch, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
+        hidden = record_block_outputs(lm, batch, [stop_at], lambda hidden: hidden[:, -1:])[stop_at]
         with torch.no_grad():
-            rows.append(lm.logits(recorded["hidden"])[:, 0].float().log_softmax(dim=-1).cpu())
+            rows.append(lm.logits(hidden)[:, 0].float().log_softmax(dim=-1).cpu())
     return torch.cat(rows)
 
 

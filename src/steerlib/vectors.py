@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steerlib.models import LoadedModel
-from steerlib.steering import _StopForward, block_hidden
+from steerlib.steering import record_block_outputs
 
 FirstPosition = Literal["exclude", "include"]
 FIRST_POSITIONS = ("exclude", "include")
@@ -116,25 +116,7 @@ def _forward_blocks(
         if not bool(keep.any(dim=1).all()):
             raise ValueError("a text has no token left to average (one token and first_position='exclude'): "
                              "use longer texts or first_position='include'.")
-        recorded: dict[int, torch.Tensor] = {}
-
-        def record(index):
-            def hook(module, args, output):
-                recorded[index] = reduce(block_hidden(output), keep)
-                if index == max(layers):
-                    raise _StopForward
-
-            return hook
-
-        handles = [lm.blocks[index].register_forward_hook(record(index)) for index in layers]
-        try:
-            with torch.no_grad():
-                lm.model(**batch, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        recorded = record_block_outputs(lm, batch, layers, lambda hidden: reduce(hidden, keep))
         outputs.append([recorded[index] for index in layers])
     return outputs
 
