@@ -10,6 +10,7 @@ from test_models import tiny_lm
 
 from steerlib.activations import activations_path, concept_bootstrap_vectors, concept_vectors, prompt_set_activations
 from steerlib.vectors import steering_vectors
+from float32 import assert_float32_close
 
 TEXTS = {
     "positive": ["I am so happy today", "what a joyful morning", "laughing with friends", "sunny and glad"],
@@ -36,7 +37,7 @@ def test_concept_vectors_equal_eq3_on_the_same_texts(prompt_folder, tmp_path):
                                   progress=False)
         assert sorted(cached) == [1, 3]
         for layer in (1, 3):
-            assert torch.allclose(cached[layer].vector, direct[layer].vector, atol=1e-5)
+            assert_float32_close(cached[layer].vector, direct[layer].vector)
             assert cached[layer].setting == setting and cached[layer].n_pos == 3
 
 
@@ -108,7 +109,7 @@ def test_last_log_probs_match_the_engine_and_the_log_odds(prompt_folder, tmp_pat
 
     lm = tiny_lm("llama")
     cached = prompt_set_last_log_probs(lm, "joy", "positive", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
-    assert torch.allclose(cached, last_position_log_probs(lm, TEXTS["positive"][:3]), atol=1e-5)
+    assert_float32_close(cached, last_position_log_probs(lm, TEXTS["positive"][:3]))
     with pytest.raises(ValueError):  # concept_log_odds reads data/prompt_sets: the tiny file is elsewhere
         concept_log_odds(lm, "no-such-concept", "random", 3, tmp_path)
     prompt_set_last_log_probs(lm, "joy", "negative_random", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
@@ -124,5 +125,5 @@ def test_both_first_position_policies_come_from_one_pass(prompt_folder, tmp_path
         cached = prompt_set_activations(lm, "joy", "negative_random", 4, tmp_path, policy, progress=False,
                                         prompt_folder=prompt_folder)
         direct = token_mean_activations(lm, TEXTS["negative_random"], first_position=policy, progress=False)
-        assert torch.allclose(cached, direct, atol=1e-5), policy
+        assert_float32_close(cached, direct)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1

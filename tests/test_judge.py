@@ -19,6 +19,7 @@ from steerlib.judge import (
     load_judge_labels,
     parse_judge_reply,
 )
+from float32 import assert_float32_close
 
 
 @pytest.mark.parametrize("reply, expected", [
@@ -54,7 +55,7 @@ def test_log_prob_decision_matches_manual_computation(tiny_chat_lm):
     texts = ["I am so happy!", "The train leaves at noon.", "Whatever."]
     result = LogProbJudge(tiny_chat_lm, batch_size=2)(texts, "joy")
     again = LogProbJudge(tiny_chat_lm, batch_size=3)(texts, "joy")
-    np.testing.assert_allclose(result.margins, again.margins, atol=1e-4)  # left padding does not matter
+    assert_float32_close(result.margins, again.margins)  # left padding does not matter
     tokenizer = tiny_chat_lm.tokenizer
 
     def single_tokens(answer):

@@ -8,6 +8,7 @@ import torch
 from steerlib.steering import mean_residual_norm, steer, steered_log_probs, steered_next_token_log_probs
 from steerlib.vectors import SteeringVector
 from test_models import FAMILIES, VOCABULARY, tiny_lm
+from float32 import assert_float32_close
 
 PROMPT = torch.tensor([5, 17, 33, 2, 40, 41, 9, 12, 60, 3])  # 10 tokens: longer than the sliding windows (4)
 ALPHAS = torch.tensor([-30.0, -4.0, 0.0, 1.5, 8.0, 60.0])
@@ -32,7 +33,7 @@ def test_batched_forward_equals_hooked_full_forward(family, positions):
     for layer in (0, 2, lm.n_layers - 1):
         reference = hooked_full_forward(lm, PROMPT, v, ALPHAS, layer, positions)[:, -1].exp()
         ours = steered_next_token_log_probs(lm, PROMPT, v, ALPHAS, layer=layer, positions=positions).exp()
-        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+        assert_float32_close(ours, reference)
         assert (reference[-1] - reference[2]).abs().max() > 1e-2  # steering does move the distribution
 
 
@@ -44,7 +45,7 @@ def test_alpha_batch_equals_one_alpha_at_a_time(positions):
     batched = steered_next_token_log_probs(lm, PROMPT, v, ALPHAS, layer=1, positions=positions).exp()
     for row, alpha in zip(batched, ALPHAS):
         alone = steered_next_token_log_probs(lm, PROMPT, v, alpha[None], layer=1, positions=positions).exp()
-        torch.testing.assert_close(row, alone[0], rtol=0, atol=1e-6)
+        assert_float32_close(row, alone[0])
 
 
 def test_batched_forward_other_positions_and_chunks():
@@ -52,7 +53,7 @@ def test_batched_forward_other_positions_and_chunks():
     v = direction(lm)
     reference = hooked_full_forward(lm, PROMPT, v, ALPHAS, 1, "all")[:, [0, 4, -1]].exp()
     ours = steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, logit_positions=(0, 4, -1), batch_size=4).exp()
-    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    assert_float32_close(ours, reference)
     with pytest.raises(ValueError, match="logit_positions"):
         steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, positions="last", logit_positions=(3,))
     with pytest.raises(ValueError, match="logit_positions"):
@@ -64,7 +65,7 @@ def test_last_position_steering_leaves_earlier_positions_alone():
     v = direction(lm)
     steered = hooked_full_forward(lm, PROMPT, v, ALPHAS, 1, "last")
     plain = hooked_full_forward(lm, PROMPT, v, torch.zeros(len(ALPHAS)), 1, "all")
-    torch.testing.assert_close(steered[:, :-1], plain[:, :-1], rtol=0, atol=1e-6)
+    assert_float32_close(steered[:, :-1], plain[:, :-1])
     assert (steered[:, -1] - plain[:, -1]).abs().max() > 1e-2
 
 
@@ -73,7 +74,7 @@ def test_one_token_prompt_last_equals_all():
     v = direction(lm)
     last = steered_next_token_log_probs(lm, PROMPT[:1], v, ALPHAS, layer=1, positions="last")
     every = steered_next_token_log_probs(lm, PROMPT[:1], v, ALPHAS, layer=1, positions="all")
-    torch.testing.assert_close(last, every, rtol=0, atol=1e-6)
+    assert_float32_close(last, every)
 
 
 def test_steer_removes_its_hook_and_never_changes_the_model():
@@ -200,5 +201,5 @@ def test_smollm2_batched_forward_equals_hooked_full_forward():
     for positions in ("all", "last"):
         reference = hooked_full_forward(lm, ids, v, alphas, 15, positions)[:, -1].exp()
         ours = steered_next_token_log_probs(lm, ids, v, alphas, layer=15, positions=positions).exp()
-        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+        assert_float32_close(ours, reference)
         assert (reference[-1] - reference[1]).abs().max() > 1e-2

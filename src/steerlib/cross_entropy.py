@@ -390,6 +390,10 @@ class CrossEntropySweep:
 
     @property
     def alphas_relative(self) -> np.ndarray:
+        """``α / unit``; on a relative grid, the values asked for exactly (a division may miss them by one
+        rounding, which decides whether a grid point falls inside a window such as ``|α_rel| <= 0.1``)."""
+        if self.parameters.get("alpha_scale") == "relative":
+            return np.asarray(self.parameters["alphas_given"], dtype=np.float64)
         return self.alphas / self.unit
 
     @property

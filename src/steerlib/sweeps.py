@@ -252,7 +252,7 @@ def next_token_sweep(
                   "reference": "prompt" if reference_texts is None else f"{len(reference)} texts"}
     return NextTokenSweep(
         alphas=absolute.astype(np.float64),
-        alphas_relative=absolute / unit,
+        alphas_relative=grid if alpha_scale == "relative" else absolute / unit,  # the grid asked for, exactly
         reference_norm=reference_norm,
         token_ids=kept.numpy().astype(np.int64),
         tokens=[lm.tokenizer.decode([int(t)]) for t in kept],
