@@ -52,7 +52,7 @@ def test_unknown_corpus_names_the_choices():
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(corpora.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install gensim"):
         load_corpus("lee_background")
 

@@ -1,22 +1,18 @@
-"""ΔCE(α) on a corpus: the chunked α-batched path equals a hooked full forward; fits, limits, derivatives, reuse."""
+"""ΔCE(α) on a corpus: the chunked α-batched path equals a hooked full forward; limits, derivatives, reuse."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
-import steerlib.cross_entropy as cross_entropy
-from steerlib.cross_entropy import (CrossEntropySweep, cross_entropy_sweep, derivative_statistics,
-                                    limit_target_log_probs, load_or_compute_cross_entropy, quadratic_fit,
-                                    steered_target_log_probs)
-from steerlib.models import LoadedModel
-from steerlib.steering import block_hidden, steer
-from test_models import VOCABULARY, tiny_lm
 from float32 import assert_float32_close
+from steerlib.experiments import cross_entropy
+from steerlib.experiments.cross_entropy import CrossEntropyParameters, CrossEntropySweep, derivative_statistics
+from steerlib.models import LoadedModel, block_hidden, load_model
+from steerlib.steering import limit_target_log_probs, steer, steered_target_log_probs
+from test_models import VOCABULARY, tiny_lm
 
 ALPHAS = torch.tensor([-40.0, -3.0, 0.0, 0.7, 9.0, 120.0])
 
@@ -45,7 +41,7 @@ def test_chunked_path_equals_the_hooked_full_forward(family):
     ids, v = corpus_blocks(), direction(lm)
     for layer in (0, 2, lm.n_layers - 1):
         reference = direct_target_log_probs(lm, ids, v, ALPHAS, layer)
-        ours = steered_target_log_probs(lm, ids, v, ALPHAS, layer=layer, alpha_batch=4, logit_chunk=7)
+        ours = steered_target_log_probs(lm, ids, v, ALPHAS, layer=layer, alphas_per_forward=4, logit_chunk=7)
         assert ours.shape == (len(ALPHAS), 3, 11)
         assert_float32_close(ours, reference)
         assert (reference[-1] - reference[2]).abs().max() > 1e-2  # steering does change the scores
@@ -54,7 +50,8 @@ def test_chunked_path_equals_the_hooked_full_forward(family):
 def test_sweep_delta_ce_equals_the_direct_computation():
     lm = tiny_lm("llama")
     ids, v = corpus_blocks(shape=(5, 9)), direction(lm)
-    sweep = cross_entropy_sweep(lm, ids, v, ALPHAS.numpy(), layer=1, batch_size=2, logit_chunk=5, progress=False)
+    sweep = cross_entropy.run(lm, ids, v, CrossEntropyParameters(ALPHAS.numpy(), layer=1, batch_size=2),
+                              logit_chunk=5, progress=False)
     reference = -direct_target_log_probs(lm, ids, v, sweep.alphas, 1).double().mean(dim=(1, 2)).numpy()
     assert_float32_close(sweep.ce, reference)
     assert_float32_close(sweep.delta_ce, reference - reference[sweep.alphas == 0], scale=reference.max())
@@ -68,16 +65,16 @@ def test_a_relative_grid_is_kept_exactly():
     lm = tiny_lm("llama")
     grid = np.round(np.linspace(-0.5, 0.5, 21), 2)
     for scale in (1.0, 6.886049004789857, 0.77):
-        sweep = cross_entropy_sweep(lm, corpus_blocks()[:1], scale * direction(lm), grid, layer=1,
-                                    alpha_scale="relative", derivative_step=None, progress=False)
+        params = CrossEntropyParameters(grid, layer=1, alpha_scale="relative", derivative_step=None)
+        sweep = cross_entropy.run(lm, corpus_blocks()[:1], scale * direction(lm), params, progress=False)
         assert list(sweep.alphas_relative) == list(np.unique(grid))
 
 
 def test_relative_alphas_are_in_units_of_the_residual_norm():
     lm = tiny_lm("llama")
     ids, v = corpus_blocks(), direction(lm)
-    sweep = cross_entropy_sweep(lm, ids, v, [-1.0, 0.5], layer=1, alpha_scale="relative", derivative_step=None,
-                                progress=False)
+    params = CrossEntropyParameters([-1.0, 0.5], layer=1, alpha_scale="relative", derivative_step=None)
+    sweep = cross_entropy.run(lm, ids, v, params, progress=False)
     assert sweep.parameters["mean_residual_norm"] / float(v.norm()) == pytest.approx(sweep.unit)
     assert list(sweep.alphas_relative) == [-1.0, 0.0, 0.5]  # exactly: windows on the grid must not hang on a rounding
     np.testing.assert_allclose(sweep.alphas, np.array([-1.0, 0.0, 0.5]) * sweep.unit)
@@ -86,7 +83,8 @@ def test_relative_alphas_are_in_units_of_the_residual_norm():
 def test_delta_ce_reaches_the_prop_4_1_plateau():
     lm = tiny_lm("llama")
     ids, v = corpus_blocks(), direction(lm)
-    sweep = cross_entropy_sweep(lm, ids, v, [-1e5, 1e5], layer=1, derivative_step=None, progress=False)
+    sweep = cross_entropy.run(lm, ids, v, CrossEntropyParameters([-1e5, 1e5], layer=1, derivative_step=None),
+                              progress=False)
     np.testing.assert_allclose(sweep.delta_ce[[-1, 0]], sweep.delta_ce_limit, rtol=0, atol=1e-4)
     assert sweep.delta_ce_limit.max() > 0.1  # the plateau is far from 0: reaching it is not trivial
     expected_plus = -limit_target_log_probs(lm, ids, v, 1).mean().item()
@@ -95,8 +93,6 @@ def test_delta_ce_reaches_the_prop_4_1_plateau():
 
 @pytest.mark.slow
 def test_chunked_path_on_smollm2_with_a_short_text():
-    from steerlib.models import load_model
-
     lm = load_model()
     ids = lm.tokenizer("The river rose overnight and the town council met at dawn to plan.",
                        return_tensors="pt")["input_ids"]
@@ -154,25 +150,6 @@ def test_derivative_statistics_add_up_to_the_finite_difference_curvature():
         derivative_statistics(lm, ids, v, step=5e-2, layer=1, log_odds=M[:-1])
 
 
-@settings(max_examples=30, deadline=None)
-@given(slope=st.floats(-3, 3), curvature=st.floats(0, 10), window=st.floats(0.25, 2.0))
-def test_quadratic_fit_recovers_an_exact_local_law(slope, curvature, window):
-    alphas = np.linspace(-5, 5, 101)
-    delta_ce = slope * alphas + curvature * alphas**2 + 0.3 * np.where(np.abs(alphas) > window, alphas**4, 0.0)
-    fit = quadratic_fit(alphas, delta_ce, window)
-    assert fit.slope == pytest.approx(slope, abs=1e-8)
-    assert fit.curvature == pytest.approx(curvature, abs=1e-8)
-    np.testing.assert_allclose(fit(alphas[np.abs(alphas) <= window]), delta_ce[np.abs(alphas) <= window], atol=1e-8)
-
-
-def test_quadratic_fit_sees_curvature_outside_the_window():
-    alphas = np.linspace(-1, 1, 21)
-    fit = quadratic_fit(alphas, alphas**2 + alphas**4, 1.0)
-    assert fit.curvature > 1.0 and fit.relative_residual > 1e-3
-    with pytest.raises(ValueError, match="widen"):
-        quadratic_fit(alphas, alphas**2, 0.05)
-
-
 def test_bad_blocks_are_rejected_with_advice():
     lm = tiny_lm("llama")
     v = direction(lm)
@@ -181,27 +158,28 @@ def test_bad_blocks_are_rejected_with_advice():
     with pytest.raises(ValueError, match="tokenise"):
         steered_target_log_probs(lm, torch.full((1, 4), VOCABULARY), v, [1.0], layer=1)
     with pytest.raises(ValueError, match="alpha_scale"):
-        cross_entropy_sweep(lm, corpus_blocks(), v, [1.0], layer=1, alpha_scale="percent")
+        CrossEntropyParameters([1.0], layer=1, alpha_scale="percent")
 
 
-def test_save_load_and_load_or_compute_reuse(tmp_path, monkeypatch):
+def test_save_load_and_load_or_run_reuse(tmp_path, monkeypatch):
     lm = tiny_lm("gpt2")
     ids, v = corpus_blocks(), direction(lm)
-    first = load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-2.0, 2.0], layer=1, progress=False)
-    saved = list(tmp_path.glob("ce-*.npz"))
+    params = CrossEntropyParameters([-2.0, 2.0], layer=1)
+    first = cross_entropy.load_or_run(lm, ids, v, params, tmp_path, progress=False)
+    saved = list(tmp_path.glob("cross-entropy-*.npz"))
     assert len(saved) == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed a sweep that was saved")
 
-    monkeypatch.setattr(cross_entropy, "cross_entropy_sweep", refuse)
-    again = load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-2.0, 2.0], layer=1, progress=False)
+    monkeypatch.setattr(cross_entropy, "run", refuse)
+    again = cross_entropy.load_or_run(lm, ids, v, params, tmp_path, progress=False)
     np.testing.assert_array_equal(again.ce, first.ce)
     np.testing.assert_array_equal(again.limit_ce, first.limit_ce)
     assert again.statistics == first.statistics and again.parameters == first.parameters
     with pytest.raises(AssertionError, match="recomputed"):  # another grid is another result
-        load_or_compute_cross_entropy(tmp_path, lm, ids, v, [-3.0, 2.0], layer=1, progress=False)
+        cross_entropy.load_or_run(lm, ids, v, CrossEntropyParameters([-3.0, 2.0], layer=1), tmp_path, progress=False)
     loaded = CrossEntropySweep.load(saved[0])
     assert loaded.n_tokens == first.n_tokens and loaded.unit == first.unit
-    with pytest.raises(ValueError, match="cross_entropy_sweep"):
+    with pytest.raises(ValueError, match="no saved CrossEntropySweep"):
         CrossEntropySweep.load(tmp_path / "missing.npz")

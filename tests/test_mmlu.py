@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from steerlib import mmlu
-from steerlib.mmlu import (LETTERS, MMLUQuestion, MMLUSweep, draw_questions, format_prompt, format_question,
-                           letter_scores, letter_token_ids, limit_letter, load_mmlu, load_or_compute_mmlu,
-                           mmlu_sweep, saved_results, select_shots)
-from test_models import CharTokenizer, tiny_lm
 from float32 import assert_float32_close
+from steerlib.experiments import mmlu
+from steerlib.experiments.mmlu import (LETTERS, MMLUParameters, MMLUQuestion, MMLUSweep, draw_questions,
+                                       format_prompt, format_question, letter_scores, letter_token_ids, limit_letter,
+                                       load_mmlu, load_or_run, saved_results, select_shots)
+from test_models import CharTokenizer, tiny_lm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mmlu_sample.jsonl"
 ALPHAS = [-8.0, 0.0, 8.0]
@@ -127,7 +127,7 @@ def test_a_hub_error_in_offline_mode_is_reported_as_an_mmlu_error(monkeypatch):
     def refuse(source, config, split):
         raise ValueError("could not stream") from ConnectionError("no cached copy")
 
-    monkeypatch.setattr("steerlib.corpora._open_dataset", refuse)
+    monkeypatch.setattr(mmlu, "open_dataset", refuse)
     with pytest.raises(ValueError, match="no cached copy.*MMLU needs the dataset hub"):
         load_mmlu("someone/mmlu-mirror")
 
@@ -243,7 +243,7 @@ def unsteered_choices(lm, questions) -> tuple[list[int], list[float]]:
 def test_accuracy_at_alpha_zero_is_the_unsteered_scoring():
     lm = tiny_lm("llama")
     questions = load_mmlu(FIXTURE)
-    sweep = mmlu_sweep(lm, direction(lm), questions, ALPHAS, layer=LAYER, progress=False)
+    sweep = mmlu.run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), progress=False)
     choices, masses = unsteered_choices(lm, questions)
     zero = sweep.at(0.0)
     assert sweep.alphas.tolist() == ALPHAS and sweep.complete and sweep.n_done == 10
@@ -260,11 +260,21 @@ def test_accuracy_at_alpha_zero_is_the_unsteered_scoring():
     assert sweep.parameters["letter_ids"] == letter_token_ids(lm.tokenizer, mmlu.question_ids(lm, questions[0])[1])
 
 
+def test_the_summary_reports_every_key_measured_or_not():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    sweep = mmlu.run(lm, v, load_mmlu(FIXTURE), MMLUParameters([-1e5, 0.0, 1e5], layer=LAYER), progress=False)
+    summary = mmlu.summarise(sweep, lm, v)
+    assert tuple(summary) == mmlu.SUMMARY_KEYS
+    assert summary["limit_share"] == 1.0 and summary["acc_zero"] == sweep.accuracy[1]
+    assert set(mmlu.summarise(None).values()) == {"not measured"}
+
+
 def test_the_chosen_letter_tends_to_the_limit_letter():
     """Prop. 4.1: at huge α the logits are those of LN(±v)Wᵀ whatever the question."""
     lm = tiny_lm("llama")
     v = direction(lm)
-    sweep = mmlu_sweep(lm, v, load_mmlu(FIXTURE), [-1e5, 0.0, 1e5], layer=LAYER, progress=False)
+    sweep = mmlu.run(lm, v, load_mmlu(FIXTURE), MMLUParameters([-1e5, 0.0, 1e5], layer=LAYER), progress=False)
     letter_ids = sweep.parameters["letter_ids"]
     assert set(sweep.choices[:, -1]) == {limit_letter(lm, v, letter_ids, +1)}
     assert set(sweep.choices[:, 0]) == {limit_letter(lm, v, letter_ids, -1)}
@@ -273,15 +283,13 @@ def test_the_chosen_letter_tends_to_the_limit_letter():
 def test_bad_sweep_inputs_are_refused(tmp_path):
     lm = tiny_lm("llama")
     with pytest.raises(ValueError, match="at least one MMLU question"):
-        mmlu_sweep(lm, direction(lm), [], ALPHAS, layer=LAYER)
+        mmlu.run(lm, direction(lm), [], MMLUParameters(ALPHAS, layer=LAYER))
     with pytest.raises(ValueError, match="pass layer"):
-        mmlu_sweep(lm, direction(lm), load_mmlu(FIXTURE), ALPHAS)
-    path = tmp_path / "other.json"
-    mmlu_sweep(lm, direction(lm), load_mmlu(FIXTURE)[:2], [0.0, 1.0], layer=LAYER, path=path, progress=False)
+        mmlu.run(lm, direction(lm), load_mmlu(FIXTURE), MMLUParameters(ALPHAS))
+    path = tmp_path / "other.npz"
+    mmlu.run(lm, direction(lm), load_mmlu(FIXTURE)[:2], MMLUParameters([0.0, 1.0], layer=LAYER), path=path, progress=False)
     with pytest.raises(ValueError, match="other parameters"):
-        mmlu_sweep(lm, direction(lm), load_mmlu(FIXTURE)[:2], ALPHAS, layer=LAYER, path=path, progress=False)
-    with pytest.raises(ValueError, match="folder, not path"):
-        load_or_compute_mmlu(tmp_path, lm, direction(lm), load_mmlu(FIXTURE), ALPHAS, layer=LAYER, path=path)
+        mmlu.run(lm, direction(lm), load_mmlu(FIXTURE)[:2], MMLUParameters(ALPHAS, layer=LAYER), path=path, progress=False)
 
 
 class CountingForward:
@@ -306,39 +314,39 @@ def test_a_restart_reuses_the_saved_result(tmp_path, monkeypatch):
     questions = load_mmlu(FIXTURE)
     counter = CountingForward()
     monkeypatch.setattr(mmlu, "steered_next_token_log_probs", counter)
-    first = load_or_compute_mmlu(tmp_path, lm, direction(lm), questions, ALPHAS, layer=LAYER, progress=False)
+    first = load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, progress=False)
     assert counter.calls == len(questions)
-    again = load_or_compute_mmlu(tmp_path, lm, direction(lm), questions, ALPHAS, layer=LAYER, progress=False)
+    again = load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, progress=False)
     assert counter.calls == len(questions)  # nothing recomputed
     np.testing.assert_array_equal(again.choices, first.choices)
     np.testing.assert_allclose(again.letter_mass, first.letter_mass, atol=1e-6)
     assert again.parameters == first.parameters
-    load_or_compute_mmlu(tmp_path, lm, direction(lm), questions, [0.0, 2.0], layer=LAYER, progress=False)
+    load_or_run(lm, direction(lm), questions, MMLUParameters([0.0, 2.0], layer=LAYER), tmp_path, progress=False)
     assert counter.calls == 2 * len(questions)  # another grid is another result
-    assert len(list(tmp_path.glob("mmlu-*.json"))) == 2
+    assert len(list(tmp_path.glob("mmlu-*.npz"))) == 2
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     lm = tiny_lm("llama")
     questions = load_mmlu(FIXTURE)
-    reference = mmlu_sweep(lm, direction(lm), questions, ALPHAS, layer=LAYER, progress=False)
+    reference = mmlu.run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), progress=False)
     crashing = CountingForward(fail_after=7)
     monkeypatch.setattr(mmlu, "steered_next_token_log_probs", crashing)
     with pytest.raises(KeyboardInterrupt):
-        load_or_compute_mmlu(tmp_path, lm, direction(lm), questions, ALPHAS, layer=LAYER, save_every=3,
+        load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, save_every=3,
                              progress=False)
-    (path,) = tmp_path.glob("mmlu-*.json")
+    (path,) = tmp_path.glob("mmlu-*.npz")
     partial = MMLUSweep.load(path)
     assert partial.n_done == 6 and not partial.complete
-    assert saved_results(tmp_path, "mmlu-*.json") == []  # partial runs are not results
+    assert saved_results(tmp_path, "mmlu-*.npz") == []  # partial runs are not results
     counter = CountingForward()
     monkeypatch.setattr(mmlu, "steered_next_token_log_probs", counter)
-    resumed = load_or_compute_mmlu(tmp_path, lm, direction(lm), questions, ALPHAS, layer=LAYER, save_every=3,
+    resumed = load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, save_every=3,
                                    progress=False)
     assert counter.calls == 4
     np.testing.assert_array_equal(resumed.choices, reference.choices)
     assert_float32_close(resumed.letter_mass, reference.letter_mass, scale=1.0)
-    assert [s.parameters["key"] for s in saved_results(tmp_path, "mmlu-*.json")] == [resumed.parameters["key"]]
+    assert [s.parameters["key"] for s in saved_results(tmp_path, "mmlu-*.npz")] == [resumed.parameters["key"]]
 
 
 def test_a_sweep_round_trips_and_reports_what_it_measured(tmp_path):
@@ -351,18 +359,18 @@ def test_a_sweep_round_trips_and_reports_what_it_measured(tmp_path):
     np.testing.assert_allclose(sweep.letter_shares[0], [1.0, 0.0, 0.0, 0.0])
     np.testing.assert_allclose(sweep.answer_shares, [1 / 3, 1 / 3, 1 / 3, 0.0])
     assert sweep.at(0.4) == 1
-    path = sweep.save(tmp_path / "sweep.json")
+    path = sweep.save(tmp_path / "sweep.npz")
     loaded = MMLUSweep.load(path)
     np.testing.assert_array_equal(loaded.choices, sweep.choices)
     assert loaded.subjects == sweep.subjects and loaded.parameters == sweep.parameters
-    assert not list(tmp_path.glob("*.tmp"))
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="not a saved MMLU sweep"):
+    assert not list(tmp_path.glob("*.tmp*"))
+    path.write_text("{not a zip")
+    with pytest.raises(ValueError, match="not a saved MMLUSweep"):
         MMLUSweep.load(path)
-    with pytest.raises(ValueError, match="no saved MMLU sweep"):
-        MMLUSweep.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="no saved MMLUSweep"):
+        MMLUSweep.load(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="one subject per answer"):
-        MMLUSweep([0.0], [0, 1], ["a"], [[0]], [[1.0]])
+        MMLUSweep([0.0], [0, 1], ["a"], [[0]], [[1.0]], {})
     assert saved_results(tmp_path / "nowhere") == []
 
 

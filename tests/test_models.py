@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers
 from torch import nn
 
-from steerlib.models import (LoadedModel, check_transformers, find_blocks, find_final_norm, find_parts,
-                             find_unembedding)
+from steerlib.models import (LoadedModel, check_transformers, early_middle_last, find_blocks, find_final_norm,
+                             find_parts, find_unembedding, residual_norm_profile)
 from steerlib.steering import block_hidden
 from float32 import assert_float32_close
 
@@ -153,3 +154,36 @@ def test_a_transformers_too_old_for_the_embedded_model_says_what_to_upgrade(vers
 @pytest.mark.parametrize("version", ["5.11.0", "5.24.0", "6.0.0rc1", "5.12.0+local"])
 def test_recent_transformers_pass(version):
     assert check_transformers(version) == version
+
+
+def test_layers_are_checked_once_at_the_boundary():
+    lm = tiny_lm("llama")
+    assert lm.check_layers([np.int64(1), 3]) == [1, 3] and all(type(x) is int for x in lm.check_layers([np.int64(1)]))
+    assert lm.check_layers(None) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="0..3"):
+        lm.check_layers([4])
+    with pytest.raises(ValueError, match="early_middle_last"):
+        lm.check_layers("middle")
+    with pytest.raises(ValueError, match="empty"):
+        lm.check_layers([])
+
+
+def test_early_middle_last_are_distinct_blocks():
+    assert early_middle_last(30) == [6, 15, 29]
+    assert early_middle_last(12) == [2, 6, 11]
+    with pytest.raises(ValueError, match="at least 3"):
+        early_middle_last(2)
+
+
+def test_residual_norm_profile_matches_the_hidden_states():
+    lm = tiny_lm("llama")
+    texts = ["hello there", "a cat"]
+    profile = residual_norm_profile(lm, texts, progress=False)
+    with torch.no_grad():
+        hidden = [lm.model(torch.tensor([lm.tokenizer(t)["input_ids"]]), output_hidden_states=True).hidden_states
+                  for t in texts]
+    layer = 1  # output of block 1 = hidden_states[2] (the last entry is after the final norm)
+    norms = [h[layer + 1][0].norm(dim=-1) for h in hidden]
+    assert profile["first"][layer] == pytest.approx(float(sum(n[0] for n in norms)) / 2, rel=1e-5)
+    assert profile["others"][layer] == pytest.approx(float(torch.cat([n[1:] for n in norms]).mean()), rel=1e-5)
+    assert profile["first"].shape == (lm.n_layers,)

@@ -1,14 +1,21 @@
-"""Steering by hooks and by the α-batched forward: equal to a hooked full forward, safe at huge α."""
+"""Steering by hooks and by the α-batched engine: equal to a hooked full forward, safe at huge α; the α grid and
+the large-α limit LN(±v)Wᵀ (Prop. 4.1)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from steerlib.steering import mean_residual_norm, steer, steered_log_probs, steered_next_token_log_probs
+from float32 import assert_float32_close
+from steerlib.models import find_parts, mean_residual_norm
+from steerlib.stats import kl_divergence
+from steerlib.steering import alpha_grid, limit_logits, steer, steered_log_probs, steered_next_token_log_probs
 from steerlib.vectors import SteeringVector
 from test_models import FAMILIES, VOCABULARY, tiny_lm
-from float32 import assert_float32_close
 
 PROMPT = torch.tensor([5, 17, 33, 2, 40, 41, 9, 12, 60, 3])  # 10 tokens: longer than the sliding windows (4)
 ALPHAS = torch.tensor([-30.0, -4.0, 0.0, 1.5, 8.0, 60.0])
@@ -52,7 +59,7 @@ def test_batched_forward_other_positions_and_chunks():
     lm = tiny_lm("llama")
     v = direction(lm)
     reference = hooked_full_forward(lm, PROMPT, v, ALPHAS, 1, "all")[:, [0, 4, -1]].exp()
-    ours = steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, logit_positions=(0, 4, -1), batch_size=4).exp()
+    ours = steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, logit_positions=(0, 4, -1), alphas_per_forward=4).exp()
     assert_float32_close(ours, reference)
     with pytest.raises(ValueError, match="logit_positions"):
         steered_log_probs(lm, PROMPT, v, ALPHAS, layer=1, positions="last", logit_positions=(3,))
@@ -203,3 +210,52 @@ def test_smollm2_batched_forward_equals_hooked_full_forward():
         ours = steered_next_token_log_probs(lm, ids, v, alphas, layer=15, positions=positions).exp()
         assert_float32_close(ours, reference)
         assert (reference[-1] - reference[1]).abs().max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def small_llama():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    return find_parts(LlamaForCausalLM(config), tokenizer=None, name="tiny-llama")
+
+
+def test_limit_logits_are_scale_invariant_and_flip_with_the_sign(small_llama):
+    v = torch.randn(16)
+    plus = limit_logits(small_llama, v, +1)
+    assert plus.shape == (64,)
+    assert torch.allclose(plus, limit_logits(small_llama, 100.0 * v, +1), atol=1e-5)
+    assert torch.allclose(limit_logits(small_llama, v, -1), limit_logits(small_llama, -v, +1), atol=1e-6)
+    assert not torch.allclose(plus, limit_logits(small_llama, v, -1))
+
+
+def test_limit_logits_equal_the_model_output_when_the_residual_is_dominated_by_v(small_llama):
+    """LN(h + αv)Wᵀ -> LN(v)Wᵀ: the final norm alone already forgets h at large α."""
+    h, v = torch.randn(16), torch.randn(16)
+    with torch.no_grad():
+        far = small_llama.unembedding(small_llama.final_norm(h + 1e6 * v))
+    assert float(kl_divergence(far, limit_logits(small_llama, v, +1))) < 1e-8
+
+
+def test_limit_logits_reject_bad_vectors(small_llama):
+    with pytest.raises(ValueError, match="shape"):
+        limit_logits(small_llama, torch.ones(3))
+    with pytest.raises(ValueError, match="non-zero"):
+        limit_logits(small_llama, torch.zeros(16))
+    with pytest.raises(ValueError, match="sign"):
+        limit_logits(small_llama, torch.ones(16), sign=2)
+
+
+@given(st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=30))
+def test_alpha_grid_is_sorted_unique_and_contains_zero(values):
+    grid = alpha_grid(values)
+    assert 0.0 in grid
+    assert np.all(np.diff(grid) > 0)
+    assert set(np.asarray(values, dtype=np.float64)) <= set(grid)
+
+
+def test_alpha_grid_rejects_empty_and_non_finite():
+    with pytest.raises(ValueError, match="empty"):
+        alpha_grid([])
+    with pytest.raises(ValueError, match="finite"):
+        alpha_grid([1.0, float("inf")])

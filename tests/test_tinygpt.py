@@ -10,14 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steerlib import ufm
 from steerlib.corpora import split_sentences
 from steerlib.models import load_model
-from steerlib.sweeps import NextTokenSweep
-from steerlib.tinygpt import (TinyGPTConfig, is_lowercase_word, is_uppercase_word, load_or_train, load_tiny_gpt, prepare_texts,
-                              sentence_prefixes, split_documents, theorem_3_3_agreement, train_tiny_gpt,
-                              train_tokenizer, unigram_cross_entropy, uppercase_contexts, uppercase_prompt_sets,
-                              uppercase_sentences)
+from steerlib.tinygpt import (TinyGPTConfig, is_lowercase_word, is_uppercase_word, load_or_train, load_tiny_gpt,
+                              prepare_texts, sentence_prefixes, split_documents, train_tiny_gpt, train_tokenizer,
+                              unigram_cross_entropy, uppercase_contexts, uppercase_prompt_sets, uppercase_sentences)
 
 TINY = TinyGPTConfig(corpus="lee", vocab_size=300, block_size=16, n_embd=32, n_head=2, steps=40, batch_size=8,
                      eval_every=20, learning_rate=1e-2, warmup_steps=5)
@@ -149,42 +146,6 @@ def test_tokenizer_keeps_uppercase_words_representable():
     tokenizer = train_tokenizer(texts.train, 300)
     text = "FIREFIGHTERS SAY THE BLAZE IS CONTAINED."
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-
-
-def tilted_sweep(p0: np.ndarray, M: np.ndarray, tokens: list[str], alphas: np.ndarray) -> NextTokenSweep:
-    """A sweep whose curves are the exact exponential tilting of Lemma B.3 (a perfectly trained UFM)."""
-    delta_p = ufm.delta_p(p0, M, alphas)
-    final = p0 + delta_p[-1]
-    return NextTokenSweep(alphas=alphas, alphas_relative=alphas, reference_norm=1.0,
-                          token_ids=np.arange(len(M)), tokens=tokens, p0=p0, delta_p=delta_p,
-                          top_at_max=np.argsort(-final, kind="stable")[:4],
-                          top_at_min=np.argsort(-(p0 + delta_p[0]), kind="stable")[:4])
-
-
-def test_agreement_is_perfect_on_exact_tilting():
-    tokens = [" THE", " SAID", "ING", " IS", " the", ",", ".", " said", " is", "ing"]
-    M = np.array([3.0, 2.2, 1.6, 1.1, -0.4, -0.8, -1.3, -2.0, -2.6, -3.1])
-    rng = np.random.default_rng(0)
-    sweeps = [tilted_sweep(rng.dirichlet(np.ones(len(M))), M, tokens, np.linspace(0, 60, 1201))
-              for _ in range(3)]
-    # tiny early bumps (Δp ~ 1e-3 before a fall to -p) need a small tolerance to be seen as bumps
-    agreement = theorem_3_3_agreement(sweeps, M, top_k=4, rising_k=6, tolerance=1e-4)
-    for name, (agree, cases) in agreement.agreements.items():
-        assert cases > 0 and agree == cases, (name, agree, cases)
-    assert agreement.overall_rate == 1.0 and agreement.uppercase_share == 1.0
-
-
-def test_agreement_counts_disagreements_and_needs_the_whole_vocabulary():
-    tokens = [" THE", " SAID", ",", "."]
-    M = np.array([2.0, 1.0, -1.0, -2.0])
-    p0 = np.full(4, 0.25)
-    sweep = tilted_sweep(p0, M, tokens, np.linspace(0, 30, 301))
-    flipped = theorem_3_3_agreement([sweep], M[::-1].copy(), top_k=2, rising_k=2)  # log-odds in reverse
-    assert flipped.rate("max-M token increases throughout") == 0.0
-    assert flipped.overall_rate < 1.0
-    short = dataclasses.replace(sweep, token_ids=sweep.token_ids[:3], p0=p0[:3], delta_p=sweep.delta_p[:, :3])
-    with pytest.raises(ValueError, match="keep_tokens=None"):
-        theorem_3_3_agreement([short], M)
 
 
 def test_uppercase_contexts_keep_prompts_out_of_the_prompt_sets():

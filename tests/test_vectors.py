@@ -1,12 +1,21 @@
-"""Difference-of-means vectors (Eq. (3)): padding masked, all layers in one pass, metadata that travels."""
+"""Difference-of-means vectors (Eq. (3)): padding masked, all layers in one pass, metadata that travels; vectors and
+log-odds from saved prompt sets, cached per model, dtype and texts."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from steerlib.vectors import (SteeringVector, bootstrap_vectors, load_steering_vectors, save_steering_vectors,
-                              steering_vectors, token_mean_activations, token_norms, vectors_from_activations)
+import json
+
+import numpy as np
+
+from float32 import assert_float32_close
+from steerlib.models import last_position_log_probs, token_norms
+from steerlib.vectors import (PromptSetActivations, SteeringVector, bootstrap_vectors, concept_bootstrap_vectors,
+                              concept_log_odds, concept_vectors, load_steering_vectors, log_odds,
+                              prompt_set_activations, save_steering_vectors, steering_vectors, token_mean_activations,
+                              vectors_from_activations)
 from test_models import FAMILIES, VOCABULARY, tiny_lm
 
 POSITIVE = ["a joyful day", "so happy!", "what a wonderful, bright morning it is"]
@@ -131,3 +140,106 @@ def test_token_norms_counts_kept_tokens():
     lm = tiny_lm("llama")
     assert token_norms(lm, ["abc", "de"], 1).shape == (3,)
     assert token_norms(lm, ["abc", "de"], 1, first_position="include").shape == (5,)
+
+
+TEXTS = {
+    "positive": ["I am so happy today", "what a joyful morning", "laughing with friends", "sunny and glad"],
+    "negative_random": ["the table has four legs", "stock prices fell", "a list of numbers", "rain in May"],
+    "negative_contrastive": ["I am so sad today", "what a gloomy morning", "crying alone", "grey and low"],
+}
+
+
+@pytest.fixture()
+def prompt_folder(tmp_path):
+    folder = tmp_path / "prompt_sets"
+    folder.mkdir()
+    records = [{"concept": "joy", "kind": kind, "text": text} for kind, texts in TEXTS.items() for text in texts]
+    (folder / "joy.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_concept_vectors_equal_eq3_on_the_same_texts(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    for setting, kind in (("random", "negative_random"), ("contrastive", "negative_contrastive")):
+        cached = concept_vectors(lm, "joy", setting, 3, tmp_path / "cache", layers=[1, 3], progress=False,
+                                 prompt_folder=prompt_folder)
+        direct = steering_vectors(lm, TEXTS["positive"][:3], TEXTS[kind][:3], "joy", setting, layers=[1, 3],
+                                  progress=False)
+        assert sorted(cached) == [1, 3]
+        for layer in (1, 3):
+            assert_float32_close(cached[layer].vector, direct[layer].vector)
+            assert cached[layer].setting == setting and cached[layer].n_pos == 3
+
+
+def test_activations_are_cached_and_reused(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    first = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert first.means().shape == (2, lm.n_layers, lm.hidden_size)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert torch.equal(first.means(), again.means())
+
+
+def test_the_cache_is_keyed_by_the_texts_and_the_dtype(prompt_folder, tmp_path):
+    """An edited prompt set or another dtype must not silently reuse activations computed from the old ones."""
+    lm = tiny_lm("llama")
+    prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    records = [json.loads(line) for line in (prompt_folder / "joy.jsonl").read_text().splitlines()]
+    records[0]["text"] = "I am so very happy today"
+    (prompt_folder / "joy.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    lm.model.to(torch.float64)
+    prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+
+
+def test_bootstrap_vectors_differ_between_resamplings(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    resampled = concept_bootstrap_vectors(lm, "joy", "random", 4, tmp_path, layers=[2], n_resamples=3,
+                                          progress=False, prompt_folder=prompt_folder)
+    assert len(resampled) == 3
+    assert not torch.allclose(resampled[0][2].vector, resampled[1][2].vector)
+
+
+def test_bad_prompt_set_requests_say_what_to_do(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    with pytest.raises(ValueError, match="lower n_texts"):
+        prompt_set_activations(lm, "joy", "positive", 10, tmp_path, progress=False, prompt_folder=prompt_folder)
+    with pytest.raises(ValueError, match="setting"):
+        concept_vectors(lm, "joy", "opposite", 2, tmp_path, prompt_folder=prompt_folder)
+
+
+def test_last_log_probs_match_the_model_and_give_the_log_odds(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    cached = prompt_set_activations(lm, "joy", "positive", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
+    assert_float32_close(cached.last_log_probs, last_position_log_probs(lm, TEXTS["positive"][:3]))
+    expected = log_odds(lm, TEXTS["positive"][:3], TEXTS["negative_random"][:3])
+    assert_float32_close(concept_log_odds(lm, "joy", "random", 3, tmp_path, progress=False,
+                                          prompt_folder=prompt_folder), expected,
+                         scale=np.abs(cached.last_log_probs).max())
+
+
+def test_both_first_position_policies_come_from_one_pass(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    activations = prompt_set_activations(lm, "joy", "negative_random", 4, tmp_path, progress=False,
+                                         prompt_folder=prompt_folder)
+    for policy in ("exclude", "include"):
+        direct = token_mean_activations(lm, TEXTS["negative_random"], first_position=policy, progress=False)
+        assert_float32_close(activations.means(policy), direct)
+    assert isinstance(PromptSetActivations.load(next(tmp_path.glob("*.npz"))), PromptSetActivations)
+
+
+def test_log_odds_is_definition_3_2():
+    lm = tiny_lm("llama")
+    positive, negative = ["happy day", "joy!"], ["tables", "wood and metal"]
+    values = log_odds(lm, positive, negative)
+    manual = (last_position_log_probs(lm, positive).double().mean(0)
+              - last_position_log_probs(lm, negative).double().mean(0)).numpy()
+    np.testing.assert_allclose(values, manual)
+    ids = torch.tensor([[1 + ord(c) % (VOCABULARY - 1) for c in "joy!"]])
+    with torch.no_grad():
+        direct = lm.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+    assert_float32_close(last_position_log_probs(lm, ["joy!"])[0], direct)
+    assert np.abs(log_odds(lm, positive, positive)).max() < 1e-6
+    lens = last_position_log_probs(lm, ["joy!"], layer=1)
+    assert lens.shape == (1, VOCABULARY) and (lens[0] - direct).abs().max() > 1e-3

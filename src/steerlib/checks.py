@@ -252,3 +252,12 @@ def compare_records(stored: dict, fresh: dict) -> list[str]:
                 differences.append(f"{where}: {key} stored {old.get(key)!r}, now {new.get(key)!r} "
                                    f"(allowed: atol {new['atol']:g} + rtol {new['rtol']:g}·|stored|)")
     return differences
+
+
+def glue_all(**values) -> None:
+    """``myst_nb.glue(name, value, display=False)`` for each value, so the prose's numbers and verdicts come from
+    the computation (the chapters' convention); needs the ``notebook`` extra (myst-nb)."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        glue(name, value, display=False)

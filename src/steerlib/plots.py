@@ -17,6 +17,8 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from steerlib.theory_checks import is_target_token, top_token_curves
+
 TARGET_COLOR = "#1f6fb4"
 """Colour of target-concept tokens (``z in T``) and of the target concept."""
 
@@ -458,7 +460,7 @@ def plot_judged_concept_probability(alphas: np.ndarray, probability: np.ndarray,
         alphas: the steering strengths, shape ``(A,)``.
         probability: p̂(α), shape ``(A,)``.
         low, high: the confidence band, shape ``(A,)``.
-        fit: a callable ``fit(α)`` (e.g. :class:`steerlib.concept.SigmoidFit`) drawn dashed on a fine grid.
+        fit: a callable ``fit(α)`` (e.g. :class:`steerlib.stats.SigmoidFit`) drawn dashed on a fine grid.
         label: legend entry (e.g. the concept).
         color: line colour (default :data:`TARGET_COLOR`).
         ax: axes to draw on (a new figure when ``None``).
@@ -668,3 +670,22 @@ def plot_letter_shares(alphas: np.ndarray, shares: np.ndarray, *, letters: Seque
     ax.set_title(title)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return ax
+
+
+def plot_top_token_curves(sweep, log_odds: np.ndarray, at: str = "max", k: int = 8, *, ax: plt.Axes | None = None,
+                          title: str | None = None) -> plt.Axes:
+    """Fig. 6-style panel of a next-token sweep: the curves of the ``k`` most probable tokens at the largest
+    (``"max"``, on ``α >= 0``) or smallest (``"min"``, on ``α <= 0``) ``α``, target tokens (``M > 0``, our reading
+    of Lemma B.4 on an LLM) solid blue, the others dashed orange.
+
+    Args:
+        sweep: a :class:`steerlib.experiments.next_token.NextTokenSweep`.
+        log_odds: the model's ``M(z)`` for the vocabulary (:func:`steerlib.vectors.concept_log_odds`).
+        at: ``"max"`` or ``"min"``.
+        k: how many tokens.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+    """
+    alphas, curves, ids, tokens = top_token_curves(sweep, at, k)
+    return plot_delta_p_curves(alphas, curves, [repr(t) for t in tokens], is_target_token(log_odds, ids), ax=ax,
+                               title=title or "")

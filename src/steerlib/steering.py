@@ -1,32 +1,33 @@
-"""Adding ``α v`` to the residual stream of a real transformer (Sec. 4), one α at a time or many at once.
+"""Adding ``α v`` to the residual stream of a real transformer (Sec. 4): the one place it is done.
 
-A steering vector ``v`` is added to the output of decoder block ``ℓ`` (the residual stream
-``h^(ℓ+1)`` in the paper's Sec. 4 notation ``h^(ℓ) <- h^(ℓ) + α v``), either at every position
-(``positions="all"``) or only at the last one (``positions="last"``, App. A). Two ways to do it:
+A steering vector ``v`` is added to the output of decoder block ``ℓ`` (the residual stream ``h^(ℓ+1)`` in the
+paper's Sec. 4 notation ``h^(ℓ) <- h^(ℓ) + α v``), either at every position (``positions="all"``) or only at the
+last one (``positions="last"``, App. A). :func:`add_steering` computes ``h + α v``; everything else here calls it:
 
-- :func:`steer`, a context manager that registers a forward hook on the block and removes it on exit
-  (even on error); the model itself is never modified. Use it for generation and anything that calls the
-  model's own ``forward``.
-- :func:`steered_log_probs` / :func:`steered_next_token_log_probs`, the α-batched forward used by the
-  next-token sweeps (Fig. 6): one prompt, many α in one batch, computing only what depends on α:
+- :func:`steer`, a context manager that registers a forward hook on the block and removes it on exit (even on
+  error); the model itself is never modified. Use it for generation and anything that calls the model's own
+  ``forward``.
+- the α-batched engine :func:`steered_residuals`, which computes only what depends on ``α``, for many ``α`` at
+  once, and its two readers: :func:`steered_log_probs` (next-token distributions of one prompt, Fig. 6) and
+  :func:`steered_target_log_probs` (the log-probability of every next token of a text, for cross-entropy):
 
-  * blocks ``0..ℓ`` run once at batch size 1 (their output does not depend on α) and that hidden state is
-    reused for every α;
-  * blocks ``ℓ+1..L-1`` run on the α-batch, each called with exactly the arguments the model's own forward
-    gave it (position embeddings, masks, caches; recorded by a pre-hook during the batch-1 pass), so rotary
-    embeddings, sliding windows and Gemma's local/global layers are handled by the model's code;
-  * the final norm and unembedding are applied to the needed positions only (the last, by default);
-  * with ``positions="last"``, the prompt minus its last token is run once with a KV cache, and each α
-    costs one position through blocks ``ℓ+1..L-1`` (earlier positions cannot see the last one).
+  * blocks ``0..ℓ`` run once (their output does not depend on ``α``) and that hidden state is reused for every α;
+  * blocks ``ℓ+1..L-1`` run on the α-batch, each called with exactly the arguments the model's own forward gave it
+    (position embeddings, masks, caches; recorded by a pre-hook during the first pass), so rotary embeddings,
+    sliding windows and Gemma's local/global layers are handled by the model's code;
+  * with ``positions="last"``, the prompt minus its last token is run once with a KV cache, and each α costs one
+    position through blocks ``ℓ+1..L-1`` (earlier positions cannot see the last one).
 
-Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32. In fp16 a large ``α`` overflows the
-residual stream (fp16 stops at 65504). The batched forward then carries each row as ``s · u`` with an fp32
-scale ``s >= 1`` chosen so that ``u`` stays far below the fp16 limit; every block reads its input through a
-scale-invariant norm (``h_next = h + F(LN(h))``, Sec. 4), so ``u_next = u + (block(u) - u) / s`` is exact up
-to the norms' epsilon, and the final norm removes ``s``. Rows that never come near the limit have ``s = 1``
-and are computed exactly as the model does. fp32 and bf16 have the range of fp32 and never need a scale.
-The hook of :func:`steer` cannot rescale the model's own forward: it raises a ``ValueError`` instead of
-returning infinities.
+The large-α limit ``LN(±v) Wᵀ`` of Prop. 4.1 (:func:`limit_logits`) and the α grid (:func:`alpha_grid`) live here
+too.
+
+Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32. In fp16 a large ``α`` overflows the residual
+stream (fp16 stops at 65504). The batched engine then carries each row as ``s · u`` with an fp32 scale ``s >= 1``
+chosen so that ``u`` stays far below the fp16 limit; every block reads its input through a scale-invariant norm
+(``h_next = h + F(LN(h))``, Sec. 4), so ``u_next = u + (block(u) - u) / s`` is exact up to the norms' epsilon,
+and the final norm removes ``s``. Rows that never come near the limit have ``s = 1`` and are computed exactly as
+the model does. fp32 and bf16 have the range of fp32 and never need a scale. The hook of :func:`steer` cannot
+rescale the model's own forward: it raises a ``ValueError`` instead of returning infinities.
 
 Example:
     >>> lm = load_model()
@@ -40,11 +41,13 @@ from __future__ import annotations
 import copy
 import inspect
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 
-from steerlib.models import LoadedModel
+from steerlib.models import LoadedModel, block_hidden, run_until_stopped, stop_after
+from steerlib.vectors import SteeringVector
 
 Positions = Literal["all", "last"]
 POSITIONS = ("all", "last")
@@ -54,54 +57,21 @@ POSITIONS = ("all", "last")
 _SAFE_FRACTION = 1 / 16
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the blocks we need have run."""
-
-
-def block_hidden(output) -> torch.Tensor:
-    """The hidden state in a block's output (a tensor in transformers 5, the first element of a tuple before)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def record_block_outputs(lm: LoadedModel, inputs: dict, layers: Sequence[int],
-                         reduce: Callable[[torch.Tensor], torch.Tensor] = lambda hidden: hidden,
-                         ) -> dict[int, torch.Tensor]:
-    """``reduce(h^(ℓ))`` for every block ``ℓ`` in ``layers`` of one unsteered forward on ``inputs``.
-
-    The forward stops after the last block asked for, so later blocks and the unembedding never run.
-    """
-    recorded: dict[int, torch.Tensor] = {}
-    last = max(layers)
-
-    def record(index):
-        def hook(module, args, output):
-            recorded[index] = reduce(block_hidden(output))
-            if index == last:
-                raise _StopForward
-
-        return hook
-
-    handles = [lm.blocks[index].register_forward_hook(record(index)) for index in layers]
-    try:
-        with torch.no_grad():
-            lm.model(**inputs, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded
-
-
-def _with_hidden(output, hidden: torch.Tensor):
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-
-
 def check_positions(positions: str) -> str:
     """Return ``positions`` if it is ``"all"`` or ``"last"``, else raise a ``ValueError``."""
     if positions not in POSITIONS:
         raise ValueError(f"positions={positions!r}: use 'all' (steer every position) or 'last' (the last token only).")
     return positions
+
+
+def alpha_grid(alphas: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
+    """The sorted, de-duplicated grid of ``alphas`` with ``0`` inserted if absent (curves are relative to ``α = 0``)."""
+    grid = np.asarray(alphas, dtype=np.float64).reshape(-1)
+    if grid.size == 0:
+        raise ValueError("the α grid is empty: give at least one steering strength.")
+    if not np.all(np.isfinite(grid)):
+        raise ValueError("the α grid must contain finite numbers only.")
+    return np.unique(np.concatenate([grid, [0.0]]))
 
 
 def resolve_vector(lm: LoadedModel, vector, layer: int | None) -> tuple[torch.Tensor, int]:
@@ -113,8 +83,6 @@ def resolve_vector(lm: LoadedModel, vector, layer: int | None) -> tuple[torch.Te
             1-D tensor of size ``lm.hidden_size``.
         layer: block whose output is steered; default the vector's own layer (required for a bare tensor).
     """
-    from steerlib.vectors import SteeringVector
-
     if isinstance(vector, SteeringVector):
         vector.check_model(lm, layer)
         layer = vector.layer if layer is None else layer
@@ -128,15 +96,37 @@ def resolve_vector(lm: LoadedModel, vector, layer: int | None) -> tuple[torch.Te
                 f"the steering vector has shape {tuple(tensor.shape)} but {lm.name} has hidden size "
                 f"{lm.hidden_size}: compute the vector on this model (steerlib.vectors.steering_vectors)."
             )
-    lm.check_layer(layer)
-    return tensor.detach().to(device=lm.device, dtype=torch.float32), layer
+    return tensor.detach().to(device=lm.device, dtype=torch.float32), lm.check_layer(layer)
+
+
+def add_steering(hidden: torch.Tensor, alphas: torch.Tensor, v: torch.Tensor,
+                 positions: Positions = "all") -> torch.Tensor:
+    """``h + α v`` (Sec. 4), in fp32: the one function that steers.
+
+    Args:
+        hidden: residual streams ``(N, T, d)``.
+        alphas: one ``α`` per row, shape ``(N,)``, or one for all, shape ``(1,)``.
+        v: the steering direction ``(d,)``, fp32.
+        positions: ``"all"`` adds ``α v`` at every position, ``"last"`` at position ``T - 1`` only.
+    """
+    delta = alphas.reshape(-1, 1, 1).to(torch.float32) * v
+    steered = hidden.float()
+    if positions == "all":
+        return steered + delta
+    steered = steered.clone()
+    steered[:, -1:] += delta
+    return steered
 
 
 def _alpha_column(alpha, device) -> torch.Tensor:
     alphas = torch.as_tensor(alpha, dtype=torch.float32, device=device)
     if alphas.ndim > 1:
         raise ValueError(f"alpha must be a number or a 1-D sequence (one α per batch row), got shape {tuple(alphas.shape)}.")
-    return alphas.reshape(-1, 1, 1)
+    return alphas.reshape(-1)
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
 
 @contextmanager
@@ -149,9 +139,9 @@ def steer(
 ) -> Iterator[None]:
     """Within the ``with`` block, every forward of ``lm.model`` adds ``α v`` to the output of block ``layer``.
 
-    ``h^(ℓ) <- h^(ℓ) + α v`` (Sec. 4), at every position or at the last position of each sequence only.
-    The sum is computed in fp32 and cast back to the model's dtype. A forward hook does it; the hook is
-    removed on exit, also when the body raises, and the model's parameters are never touched.
+    ``h^(ℓ) <- h^(ℓ) + α v`` (Sec. 4, :func:`add_steering`), at every position or at the last position of each
+    sequence only. The sum is computed in fp32 and cast back to the model's dtype. A forward hook does it; the
+    hook is removed on exit, also when the body raises, and the model's parameters are never touched.
 
     Sharp edges: ``positions="last"`` steers index ``-1`` of each sequence, so pad batches on the left;
     during ``generate`` with a KV cache each new token is the last position of its step, so both modes
@@ -169,24 +159,19 @@ def steer(
     v, layer = resolve_vector(lm, vector, layer)
     alphas = _alpha_column(alpha, lm.device)
 
-    def add_steering(module, args, output):
+    def hook(module, args, output):
         hidden = block_hidden(output)
         if alphas.shape[0] not in (1, hidden.shape[0]):
             raise ValueError(f"{alphas.shape[0]} values of alpha for a batch of {hidden.shape[0]} sequences: "
                              "give one α, or one per batch row.")
-        delta = alphas * v
-        if positions == "all":
-            steered = (hidden.float() + delta).to(hidden.dtype)
-        else:
-            steered = hidden.clone()
-            steered[:, -1:] = (hidden[:, -1:].float() + delta).to(hidden.dtype)
+        steered = add_steering(hidden, alphas, v, positions).to(hidden.dtype)
         if not torch.isfinite(steered).all() and torch.isfinite(hidden).all():
             raise ValueError(f"α v overflows the {hidden.dtype} residual stream (largest |α| = "
                              f"{alphas.abs().max().item():.3g}): use steered_log_probs (it rescales fp16 rows) "
                              "or load the model in bf16 or fp32.")
         return _with_hidden(output, steered)
 
-    handle = lm.blocks[layer].register_forward_hook(add_steering)
+    handle = lm.blocks[layer].register_forward_hook(hook)
     try:
         yield
     finally:
@@ -205,7 +190,7 @@ def _new_cache(lm: LoadedModel):
 
 
 def _run_recording(lm: LoadedModel, layer: int, input_ids: torch.Tensor, position_ids: torch.Tensor, cache=None):
-    """One batch-1 forward of the model's own code; returns block ``layer``'s output and the calls of later blocks.
+    """One forward of the model's own code; returns block ``layer``'s output and the calls of later blocks.
 
     Each block after ``layer`` is recorded as the ``(args, kwargs)`` the model passed it, so that it can be
     called again on the α-batch with the same position embeddings, masks and cache. The pass stops after
@@ -213,7 +198,6 @@ def _run_recording(lm: LoadedModel, layer: int, input_ids: torch.Tensor, positio
     """
     calls: dict[int, tuple[tuple, dict]] = {}
     recorded: dict[str, torch.Tensor] = {}
-    handles = []
 
     def record_output(module, args, output):
         recorded["hidden"] = block_hidden(output).detach()
@@ -224,41 +208,48 @@ def _run_recording(lm: LoadedModel, layer: int, input_ids: torch.Tensor, positio
 
         return hook
 
-    def stop(module, args, output):
-        raise _StopForward
-
+    handles = [lm.blocks[layer].register_forward_hook(record_output)]
     try:
-        handles.append(lm.blocks[layer].register_forward_hook(record_output))
         for index in range(layer + 1, lm.n_layers):
             handles.append(lm.blocks[index].register_forward_pre_hook(record_call(index), with_kwargs=True))
-        handles.append(lm.blocks[lm.n_layers - 1].register_forward_hook(stop))
+        handles.append(stop_after(lm.blocks[lm.n_layers - 1]))
         kwargs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": cache is not None}
         if cache is not None:
             kwargs[_cache_keyword(lm.model)] = cache
-        try:
-            with torch.no_grad():
-                lm.model(**kwargs)
-        except _StopForward:
-            pass
+        run_until_stopped(lambda: lm.model(**kwargs))
     finally:
         for handle in handles:
             handle.remove()
     return recorded["hidden"], calls
 
 
-def _call_block(block, call: tuple[tuple, dict], hidden: torch.Tensor, cache=None) -> torch.Tensor:
+def _expand_over_alphas(value, batch: int, repeats: int):
+    """Tile the per-text tensors of a recorded block call (masks) ``repeats`` times along the batch, α-major."""
+    if isinstance(value, torch.Tensor):
+        if batch > 1 and value.ndim >= 1 and value.shape[0] == batch:
+            return value.repeat(repeats, *([1] * (value.ndim - 1)))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_expand_over_alphas(item, batch, repeats) for item in value)
+    if isinstance(value, list):
+        return [_expand_over_alphas(item, batch, repeats) for item in value]
+    return value
+
+
+def _call_block(block, call: tuple[tuple, dict], hidden: torch.Tensor, batch: int, repeats: int,
+                cache=None) -> torch.Tensor:
+    """Call ``block`` on the α-batch ``hidden`` with the arguments recorded for it, tiled over the α values."""
     args, kwargs = call
-    kwargs = dict(kwargs)
+    args = _expand_over_alphas(tuple(args[1:]), batch, repeats) if args else ()
+    kwargs = {key: _expand_over_alphas(value, batch, repeats) for key, value in kwargs.items()}
     if cache is not None:
         from transformers import Cache
 
         kwargs = {key: cache if isinstance(value, Cache) else value for key, value in kwargs.items()}
         args = tuple(cache if isinstance(value, Cache) else value for value in args)
-    if args:
-        args = (hidden,) + tuple(args[1:])
-    else:
-        kwargs["hidden_states"] = hidden
-    return block_hidden(block(*args, **kwargs))
+    if call[0]:
+        return block_hidden(block(hidden, *args, **kwargs))
+    return block_hidden(block(hidden_states=hidden, **kwargs))
 
 
 class _ScaledResidual:
@@ -293,6 +284,78 @@ class _ScaledResidual:
         self.u = self._rescaled(output32)
 
 
+def _repeat_cache(cache, repeats: int, from_layer: int) -> None:
+    """Repeat the batch-1 KV cache ``repeats`` times along the batch, for the layers the α-batch runs."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.batch_repeat_interleave(repeats)
+        return
+    for index in range(from_layer, len(layers)):
+        layers[index].batch_repeat_interleave(repeats)
+
+
+def _check_alphas(alphas, device) -> torch.Tensor:
+    alphas = torch.as_tensor(alphas, dtype=torch.float32, device=device).reshape(-1)
+    if alphas.numel() == 0:
+        raise ValueError("alphas is empty: give at least one steering strength.")
+    if not torch.isfinite(alphas).all():
+        raise ValueError("alphas must be finite numbers.")
+    return alphas
+
+
+def steered_residuals(lm: LoadedModel, ids: torch.Tensor, v: torch.Tensor, layer: int, alphas: torch.Tensor,
+                      positions: Positions = "all", alphas_per_forward: int | None = None,
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The α-batched engine: the last block's output for every ``α`` and text, ``alphas_per_forward`` α at a time.
+
+    Blocks ``0..layer`` run once on ``ids`` (the model's own forward, stopped after the last block); blocks
+    ``layer+1..L-1`` run on the α-batch with the recorded call arguments (module docstring). Yields
+    ``(chunk, u, scale)``: ``chunk`` the α values of this step, ``u`` of shape ``(len(chunk)·B, T', d)`` (α-major,
+    row ``a·B + b``; ``T' = 1`` with ``positions="last"``, which reuses a KV cache of the first ``T - 1`` tokens),
+    and the true residual stream is ``scale · u`` (``scale = 1`` except for fp16 rows near overflow; the final
+    norm removes it).
+
+    Args:
+        lm: the model.
+        ids: token ids ``(B, T)`` without padding (``B = 1`` with ``positions="last"``).
+        v: the fp32 steering direction on ``lm.device`` (:func:`resolve_vector`).
+        layer: the steered block.
+        alphas: 1-D fp32 tensor of strengths.
+        positions: ``"all"`` or ``"last"``.
+        alphas_per_forward: α values per forward through the later blocks (default all; lower it if memory is short).
+    """
+    batch, length = ids.shape
+    position_ids = torch.arange(length, device=lm.device)[None]
+    saved_cache = None
+    if positions == "last" and length > 1:
+        if batch != 1:
+            raise ValueError("positions='last' reuses the KV cache of one prompt: give one sequence (B = 1).")
+        prefix_cache = _new_cache(lm)
+        with torch.no_grad():
+            lm.model(input_ids=ids[:, :-1], position_ids=position_ids[:, :-1], use_cache=True,
+                     **{_cache_keyword(lm.model): prefix_cache})
+        saved_cache = copy.deepcopy(prefix_cache)
+        hidden, calls = _run_recording(lm, layer, ids[:, -1:], position_ids[:, -1:], prefix_cache)
+    else:
+        hidden, calls = _run_recording(lm, layer, ids, position_ids)
+    alphas_per_forward = alphas_per_forward or alphas.numel()
+    if alphas_per_forward < 1:
+        raise ValueError(f"alphas_per_forward must be >= 1, got {alphas_per_forward}.")
+    for start in range(0, alphas.numel(), alphas_per_forward):
+        chunk = alphas[start:start + alphas_per_forward]
+        repeats = chunk.numel()
+        cache = None
+        if saved_cache is not None:
+            cache = copy.deepcopy(saved_cache)
+            _repeat_cache(cache, repeats, from_layer=layer + 1)
+        with torch.no_grad():
+            steered = add_steering(hidden.repeat(repeats, 1, 1), chunk.repeat_interleave(batch), v)
+            residual = _ScaledResidual(steered, lm.dtype)
+            for index in range(layer + 1, lm.n_layers):
+                residual.step(_call_block(lm.blocks[index], calls[index], residual.u, batch, repeats, cache))
+        yield chunk, residual.u, residual.scale
+
+
 def _prompt_ids(lm: LoadedModel, prompt) -> torch.Tensor:
     if isinstance(prompt, str):
         ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
@@ -313,9 +376,9 @@ def steered_log_probs(
     layer: int | None = None,
     positions: Positions = "all",
     logit_positions: Sequence[int] = (-1,),
-    batch_size: int | None = None,
+    alphas_per_forward: int | None = None,
 ) -> torch.Tensor:
-    """Next-token log-probabilities ``log σ(y(α))`` of one prompt for many ``α``, in an α-batched forward.
+    """Next-token log-probabilities ``log σ(y(α))`` of one prompt for many ``α``, from the α-batched engine.
 
     Equal (up to float rounding) to running the model's own forward once per α inside :func:`steer`, but only
     the α-dependent part is computed on the α-batch (see the module docstring). Log-softmax in fp32.
@@ -329,64 +392,28 @@ def steered_log_probs(
         positions: ``"all"`` or ``"last"`` (steer the last token only).
         logit_positions: token positions whose next-token distributions are returned (negative = from the
             end). With ``positions="last"`` only ``(-1,)``: earlier positions are not affected by steering.
-        batch_size: α values per forward (default all at once); lower it if memory is short.
+        alphas_per_forward: α values per forward (default all at once); lower it if memory is short.
 
     Returns:
         fp32 tensor of shape ``(len(alphas), len(logit_positions), vocabulary)`` on ``lm.device``.
     """
     check_positions(positions)
     v, layer = resolve_vector(lm, vector, layer)
-    alphas = torch.as_tensor(alphas, dtype=torch.float32, device=lm.device).reshape(-1)
-    if alphas.numel() == 0:
-        raise ValueError("alphas is empty: give at least one steering strength.")
-    if not torch.isfinite(alphas).all():
-        raise ValueError("alphas must be finite numbers.")
+    alphas = _check_alphas(alphas, lm.device)
     ids = _prompt_ids(lm, prompt)
     length = ids.shape[1]
     logit_positions = [int(p) for p in logit_positions]
     if not logit_positions or any(not -length <= p < length for p in logit_positions):
         raise ValueError(f"logit_positions {logit_positions} must index the {length} prompt tokens.")
-    last_only = positions == "last" and length > 1
-    if last_only and any(p % length != length - 1 for p in logit_positions):
+    if positions == "last" and length > 1 and any(p % length != length - 1 for p in logit_positions):
         raise ValueError("with positions='last' only logit_positions=(-1,) is available: steering the last token "
                          "does not change the predictions at earlier positions.")
-    position_ids = torch.arange(length, device=lm.device)[None]
-    batch_size = batch_size or alphas.numel()
-    with torch.no_grad():
-        if last_only:
-            prefix_cache = _new_cache(lm)
-            lm.model(input_ids=ids[:, :-1], position_ids=position_ids[:, :-1], use_cache=True,
-                     **{_cache_keyword(lm.model): prefix_cache})
-            saved_cache = copy.deepcopy(prefix_cache)
-            hidden, calls = _run_recording(lm, layer, ids[:, -1:], position_ids[:, -1:], prefix_cache)
-            selected = [0]
-        else:
-            saved_cache = None
-            hidden, calls = _run_recording(lm, layer, ids, position_ids)
-            selected = [p % length for p in logit_positions]
-        results = []
-        for start in range(0, alphas.numel(), batch_size):
-            chunk = alphas[start:start + batch_size]
-            cache = None
-            if saved_cache is not None:
-                cache = copy.deepcopy(saved_cache)
-                _repeat_cache(cache, chunk.numel(), from_layer=layer + 1)
-            residual = _ScaledResidual(hidden.float() + chunk.reshape(-1, 1, 1) * v, lm.dtype)
-            for index in range(layer + 1, lm.n_layers):
-                residual.step(_call_block(lm.blocks[index], calls[index], residual.u, cache))
-            logits = lm.logits(residual.u[:, selected])
-            results.append(logits.float().log_softmax(dim=-1))
+    selected = [0] if positions == "last" and length > 1 else [p % length for p in logit_positions]
+    results = []
+    for _, u, _ in steered_residuals(lm, ids, v, layer, alphas, positions, alphas_per_forward):
+        with torch.no_grad():
+            results.append(lm.logits(u[:, selected]).float().log_softmax(dim=-1))
     return torch.cat(results)
-
-
-def _repeat_cache(cache, repeats: int, from_layer: int) -> None:
-    """Repeat the batch-1 KV cache ``repeats`` times along the batch, for the layers the α-batch runs."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        cache.batch_repeat_interleave(repeats)
-        return
-    for index in range(from_layer, len(layers)):
-        layers[index].batch_repeat_interleave(repeats)
 
 
 def steered_next_token_log_probs(
@@ -396,22 +423,115 @@ def steered_next_token_log_probs(
     alphas: Sequence[float] | torch.Tensor,
     layer: int | None = None,
     positions: Positions = "all",
-    batch_size: int | None = None,
+    alphas_per_forward: int | None = None,
 ) -> torch.Tensor:
     """``log σ(y(α))`` at the last position, shape ``(len(alphas), vocabulary)``; see :func:`steered_log_probs`."""
-    return steered_log_probs(lm, prompt, vector, alphas, layer, positions, (-1,), batch_size)[:, 0]
+    return steered_log_probs(lm, prompt, vector, alphas, layer, positions, (-1,), alphas_per_forward)[:, 0]
 
 
-def mean_residual_norm(lm: LoadedModel, texts: Sequence[str] | str, layer: int,
-                       first_position: str = "exclude") -> float:
-    """Mean of ``‖h‖`` over the tokens of ``texts`` at the output of block ``layer``: the scale of relative α.
+def check_token_blocks(lm: LoadedModel, blocks) -> torch.Tensor:
+    """``blocks`` as token ids ``(n_blocks, T)`` of ``lm``'s vocabulary, ``T >= 2``, or a ``ValueError``."""
+    blocks = torch.as_tensor(blocks)
+    if blocks.ndim != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks has shape {tuple(blocks.shape)}: give token ids of shape (n_blocks, T) with T >= 2, "
+                         "e.g. steerlib.corpora.chunk_tokens(texts, lm.tokenizer, 128).")
+    if blocks.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"blocks must hold integer token ids, got dtype {blocks.dtype}.")
+    vocabulary = int(lm.unembedding.weight.shape[0])
+    if int(blocks.min()) < 0 or int(blocks.max()) >= vocabulary:
+        raise ValueError(f"blocks hold token ids outside 0..{vocabulary - 1}: tokenise with {lm.name}'s tokenizer.")
+    return blocks.long()
 
-    With ``α_rel``, the absolute strength is ``α = α_rel · mean‖h‖ / ‖v‖``, so ``α_rel = 1`` moves the residual
-    stream by its own typical size. ``first_position`` follows :func:`steerlib.vectors.token_mean_activations`
-    (the first position of Llama-family models carries a massive activation that would dominate the mean).
+
+def target_log_probs(lm: LoadedModel, u: torch.Tensor, targets: torch.Tensor, logit_chunk: int) -> torch.Tensor:
+    """``log σ_{target}(LN(u) Wᵀ)`` for rows ``u (N, d)`` and ``targets (N,)``, ``logit_chunk`` rows at a time.
+
+    The logits ``(N, V)`` are never materialised at once: the final norm, the unembedding, the log-softmax and
+    the gather of the target's log-probability run on ``logit_chunk`` rows at a time.
     """
-    from steerlib.vectors import token_norms
+    if logit_chunk < 1:
+        raise ValueError(f"logit_chunk must be >= 1, got {logit_chunk}.")
+    out = torch.empty(u.shape[0], dtype=torch.float32, device=u.device)
+    with torch.no_grad():
+        for start in range(0, u.shape[0], logit_chunk):
+            rows = slice(start, start + logit_chunk)
+            log_probs = lm.logits(u[rows]).float().log_softmax(dim=-1)
+            out[rows] = log_probs.gather(-1, targets[rows, None])[:, 0]
+    return out
 
-    lm.check_layer(layer)
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    return float(token_norms(lm, texts, layer, first_position=first_position).mean())
+
+def steered_target_log_probs(
+    lm: LoadedModel,
+    ids,
+    vector,
+    alphas: Sequence[float] | torch.Tensor,
+    layer: int | None = None,
+    alphas_per_forward: int | None = None,
+    logit_chunk: int = 1024,
+) -> torch.Tensor:
+    """``log σ_{z_{t+1}}(y_t(α))`` at every position ``t < T - 1`` of every text block, for every ``α``.
+
+    Equal (to float rounding) to the model's own forward inside :func:`steer` with ``positions="all"``,
+    followed by a log-softmax and a gather of the next token, but blocks ``0..ℓ`` run once and the logits exist
+    ``logit_chunk`` rows at a time (:func:`target_log_probs`). The cross-entropy of Def. 3.7 is minus their mean.
+
+    Args:
+        lm: the model.
+        ids: token ids ``(B, T)`` without padding (e.g. rows of :func:`steerlib.corpora.chunk_tokens`).
+        vector: a :class:`steerlib.vectors.SteeringVector` of this model, or a 1-D tensor (then give ``layer``).
+        alphas: the strengths.
+        layer: steered block; default the vector's layer.
+        alphas_per_forward: α values per forward through the later blocks (default all).
+        logit_chunk: rows of logits ``(rows, V)`` materialised at once.
+
+    Returns:
+        fp32 tensor ``(len(alphas), B, T - 1)`` on ``lm.device``.
+    """
+    ids = check_token_blocks(lm, ids).to(lm.device)
+    v, layer = resolve_vector(lm, vector, layer)
+    alphas = _check_alphas(alphas, lm.device)
+    batch, length = ids.shape
+    rows = []
+    for chunk, u, _ in steered_residuals(lm, ids, v, layer, alphas, "all", alphas_per_forward):
+        u = u[:, :-1].reshape(-1, u.shape[-1])
+        targets = ids[:, 1:].repeat(chunk.numel(), 1).reshape(-1)
+        rows.append(target_log_probs(lm, u, targets, logit_chunk).reshape(chunk.numel(), batch, length - 1))
+    return torch.cat(rows)
+
+
+def limit_logits(lm: LoadedModel, v: torch.Tensor, sign: int = 1) -> torch.Tensor:
+    """The limit logits ``LN(±v) Wᵀ`` of Prop. 4.1, in float32 on the CPU.
+
+    Steering block ℓ gives logits ``y(α) = LN(h^(ℓ) + α v + R(α)) Wᵀ`` (Sec. 4, App. B.6) where ``R(α)``, the sum
+    of the downstream block updates, stays bounded because every block reads its input through a norm. Hence
+    ``y(α) -> LN(±v) Wᵀ`` as ``α -> ±∞``: the steered next-token distribution forgets the prompt.
+
+    ``LN`` is the model's final norm (RMSNorm for Llama-family models, LayerNorm for GPT-2) and ``W`` its
+    unembedding (with Gemma's final soft-capping where the model has it, see ``LoadedModel.logits``). Both norms
+    are invariant to positive rescaling of their input (up to their ``eps``), so the result does not depend on
+    ``|v|``.
+
+    Args:
+        lm: the loaded model.
+        v: the steering vector, shape ``(hidden_size,)`` (a tensor or a :class:`SteeringVector`).
+        sign: ``+1`` for ``α -> +∞``, ``-1`` for ``α -> -∞``.
+    """
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 (α -> +∞) or -1 (α -> -∞), got {sign!r}")
+    v = v.vector if isinstance(v, SteeringVector) else torch.as_tensor(v)
+    if v.shape != (lm.hidden_size,):
+        raise ValueError(f"v has shape {tuple(v.shape)}; {lm.name} needs a vector of shape ({lm.hidden_size},): "
+                         "pass one layer's steering vector")
+    if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
+        raise ValueError("v must be finite and non-zero: the limit LN(±v)Wᵀ is undefined for v = 0")
+    x = (sign * v).to(device=lm.device, dtype=lm.dtype)
+    with torch.no_grad():
+        return lm.logits(x).float().cpu()
+
+
+def limit_target_log_probs(lm: LoadedModel, ids, v: torch.Tensor, sign: int) -> torch.Tensor:
+    """``log σ_{z_{t+1}}(LN(±v) Wᵀ)`` at every scored position of ``ids (B, T)``, shape ``(B, T - 1)`` (Prop. 4.1):
+    what :func:`steered_target_log_probs` tends to as ``α -> ±∞``."""
+    ids = torch.as_tensor(ids).long()
+    log_limit = torch.log_softmax(limit_logits(lm, v, sign).double(), dim=-1)
+    return log_limit[ids[:, 1:].cpu()]

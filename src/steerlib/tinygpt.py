@@ -29,18 +29,17 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from steerlib.corpora import FINEWEB, fineweb_texts, load_corpus, split_sentences, token_stream
 from steerlib.models import LoadedModel, find_parts
+from steerlib.store import atomic_write, data_path
 
 END_OF_TEXT = "<|endoftext|>"
 """The one special token of the trained tokenizer: separates documents, pads batches."""
@@ -332,17 +331,12 @@ def train_tiny_gpt(config: TinyGPTConfig, texts: TinyGPTTexts | None = None,
 
 def save_tiny_gpt(lm: LoadedModel, log: TrainingLog, folder: str | Path) -> Path:
     """Write model, tokenizer and training log to ``folder`` atomically (a temporary folder, then a rename)."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    lm.model.save_pretrained(tmp)
-    lm.tokenizer.save_pretrained(tmp)
-    log.save(tmp / _LOG_FILE)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
-    return folder
+    def write(tmp: Path) -> None:
+        lm.model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        log.save(tmp / _LOG_FILE)
+
+    return atomic_write(folder, write)
 
 
 def load_tiny_gpt(folder: str | Path, device: str | torch.device = "cpu") -> tuple[LoadedModel, TrainingLog]:
@@ -365,8 +359,6 @@ def shipped_checkpoint(config: TinyGPTConfig) -> Path | None:
     The repository ships the default model (a few MB), so the chapter loads in seconds and prints the same
     numbers on every machine; :func:`train_tiny_gpt` with the default configuration reproduces it.
     """
-    from steerlib.resources import data_path
-
     try:
         folder = data_path("tinygpt", config.corpus)
     except ValueError:
@@ -487,174 +479,6 @@ def uppercase_contexts(texts: TinyGPTTexts, q: int, setting: str = "contrastive"
         raise ValueError(f"n_prompts={n_prompts} must be >= 1 and below the {len(prefixes)} held-out sentences.")
     positives, negatives = uppercase_prompt_sets(prefixes[n_prompts:], q, setting, seed)
     return positives, negatives, prefixes[:n_prompts]
-
-
-@dataclass
-class TokenVerdict:
-    """One token of one sweep, with what Th. 3.3 says about its curve and what the curve did.
-
-    Args:
-        prompt: index of the sweep (prompt).
-        token_id, token: the token ``z``.
-        uppercase: whether ``z`` is an uppercase word (the target concept ``T``).
-        log_odds: ``M(z)`` (Def. 3.2).
-        excess: ``M(z) − E_{p(·|c)}[M]``: Lemma B.5 makes ``Δp`` rise at ``α = 0`` exactly when it is positive.
-        shape: the observed shape on ``α >= 0`` (:func:`steerlib.sweeps.classify_curve`).
-        peak_alpha, peak_delta_p: where the observed curve is highest, and how high.
-        top: whether ``z`` is among the most probable tokens at the largest ``α`` (the curves of Fig. A.4).
-    """
-
-    prompt: int
-    token_id: int
-    token: str
-    uppercase: bool
-    log_odds: float
-    excess: float
-    shape: str
-    peak_alpha: float
-    peak_delta_p: float
-    top: bool
-
-
-@dataclass
-class Theorem33Agreement:
-    """Th. 3.3's predictions held against next-token sweeps of a real model, token by token.
-
-    Args:
-        verdicts: the tokens examined (per prompt: the top tokens at the largest ``α`` and the tokens whose
-            ``Δp`` rises highest).
-        agreements: prediction -> ``(agreeing cases, cases)``.
-        uppercase_share: share of uppercase words among the top tokens at the largest ``α``, over all prompts.
-    """
-
-    verdicts: list[TokenVerdict]
-    agreements: dict[str, tuple[int, int]]
-    uppercase_share: float
-
-    def rate(self, prediction: str) -> float:
-        """Share of the cases of ``prediction`` that agree (``nan`` when it has no case)."""
-        agreeing, cases = self.agreements[prediction]
-        return agreeing / cases if cases else float("nan")
-
-    @property
-    def overall_rate(self) -> float:
-        """Mean of the rates of the predictions that have cases (each prediction weighs the same, whether it
-        is checked on a handful of tokens or on the whole vocabulary)."""
-        rates = [agree / cases for agree, cases in self.agreements.values() if cases]
-        return sum(rates) / len(rates) if rates else float("nan")
-
-    def table(self) -> str:
-        """The agreement of each prediction, as a fixed-width text table."""
-        width = max(len(name) for name in self.agreements)
-        lines = [f"{'prediction of Th. 3.3 / Lemma B.4-B.5':{width}}  agree  cases   rate"]
-        for name, (agree, cases) in self.agreements.items():
-            rate = f"{agree / cases:.2f}" if cases else "  -"
-            lines.append(f"{name:{width}}  {agree:5d}  {cases:5d}  {rate:>5}")
-        return "\n".join(lines)
-
-
-def _pairs(items: list, condition) -> tuple[int, int]:
-    """``(pairs satisfying condition, pairs)`` over ordered pairs ``(a, b)`` the condition applies to."""
-    agree = total = 0
-    for a in items:
-        for b in items:
-            verdict = condition(a, b)
-            if verdict is not None:
-                total += 1
-                agree += bool(verdict)
-    return agree, total
-
-
-def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, top_k: int = 8, rising_k: int = 8,
-                          tolerance: float = 0.05) -> Theorem33Agreement:
-    """Hold Th. 3.3 (with Lemmas B.4 and B.5) against next-token sweeps, with ``T`` = uppercase words.
-
-    Each sweep must keep the whole vocabulary (``next_token_sweep(..., keep_tokens=None)``) so that
-    ``E_{p(·|c)}[M]`` can be computed. For each prompt the tokens examined are the ``top_k`` most probable
-    at the largest ``α`` and the ``rising_k`` whose ``Δp`` rises highest; curves are read on ``α >= 0``.
-    The predictions, each counted as agreeing cases over cases:
-
-    - *rises first iff M(z) > E[M]*: Lemma B.5 at ``α = 0``, ``d/dα Δp = p(z|c) (M(z) − E_{p(·|c)}[M])``
-      (all tokens of the vocabulary whose first step is not flat);
-    - *max-M token increases throughout*: Th. 3.3, ``z ∈ M̄`` is increasing on R (one case per prompt);
-    - *rising tokens below max M bump*: Th. 3.3, every other token with ``M(z) > E[M]`` has a peak ``α(j,z) > 0``;
-    - *increasing curves have larger M than bumps*: a curve still rising at the end of the grid peaks
-      later, hence (Lemma B.5) has larger ``M`` than one that has peaked (pairs);
-    - *peaks ordered by M*: ``α(j,z)`` is the root of ``E_{σ(f_α)}[M] = M(z)`` with ``E[M]`` increasing in
-      ``α``, so a larger ``M`` peaks later (pairs of bumps with different peaks);
-    - *uppercase peaks after other tokens*: Th. 3.3's peak position, ``z ∈ T``, ``z' ∉ T`` ⇒
-      ``α(j,z') < α(j,z)`` (pairs of rising tokens with different peaks);
-    - *uppercase tokens have M > 0*, *lowercase tokens have M <= 0*: Lemma B.4's sign separation, over the
-      whole vocabulary. Assumption 1 puts every token in one concept; tokens without letters (punctuation,
-      digits, spaces) are written the same in both cases, belong to neither side, and are left out.
-
-    Under Assumptions 1-2 and the UFM's linear readout every prediction holds (up to what a finite grid
-    can show: a bump must peak inside the grid and stand out by ``tolerance``, see
-    :func:`steerlib.sweeps.classify_curve`); the model here reads the residual stream through a LayerNorm
-    and is not perfectly trained, so the rates measure how far the theory carries over.
-
-    Args:
-        sweeps: one :class:`~steerlib.sweeps.NextTokenSweep` per prompt, whole vocabulary kept.
-        log_odds: ``M(z)`` for the whole vocabulary (e.g. :func:`steerlib.sweeps.log_odds`).
-        top_k, rising_k: how many top tokens at the largest ``α``, and highest-rising tokens, to examine.
-        tolerance: how far a bump must rise above both ends of the grid, as a share of the curve's range.
-    """
-    log_odds = np.asarray(log_odds, dtype=np.float64)
-    max_token = int(np.argmax(log_odds))
-    verdicts: list[TokenVerdict] = []
-    slope_agree = slope_cases = top_upper = top_total = 0
-    monotone = []
-    for index, sweep in enumerate(sweeps):
-        if len(sweep.token_ids) != len(log_odds):
-            raise ValueError(f"sweep {index} keeps {len(sweep.token_ids)} tokens, not the whole vocabulary of "
-                             f"{len(log_odds)}: run next_token_sweep(..., keep_tokens=None).")
-        positive = sweep.alphas >= 0
-        delta_p = sweep.delta_p[positive]
-        p0 = sweep.p0
-        excess = log_odds - float(p0 @ log_odds) / float(p0.sum())
-        first_step = delta_p[1]
-        moving = np.abs(first_step) > 1e-12
-        slope_cases += int(moving.sum())
-        slope_agree += int(((first_step > 0) == (excess > 0))[moving].sum())
-        top = [int(t) for t in sweep.top_tokens("max", top_k)]
-        rising = [int(t) for t in np.argsort(-delta_p.max(axis=0), kind="stable")[:rising_k]]
-        monotone.append(sweep.classify([max_token], (0, np.inf), tolerance)[0].shape == "increasing")
-        for shape in sweep.classify(list(dict.fromkeys(top + rising)), (0, np.inf), tolerance):
-            uppercase = is_uppercase_word(shape.token)
-            verdicts.append(TokenVerdict(index, shape.token_id, shape.token, uppercase,
-                                         float(log_odds[shape.token_id]), float(excess[shape.token_id]),
-                                         shape.shape, shape.peak_alpha, shape.peak_delta_p,
-                                         shape.token_id in top))
-            if shape.token_id in top:
-                top_total += 1
-                top_upper += uppercase
-    rising_verdicts = [v for v in verdicts if v.excess > 0 and v.token_id != max_token]
-    agreements: dict[str, tuple[int, int]] = {
-        "rises first iff M(z) > E[M] (whole vocabulary)": (slope_agree, slope_cases),
-        "max-M token increases throughout": (sum(monotone), len(monotone)),
-        "rising tokens below max M bump": (sum(v.shape == "bump" for v in rising_verdicts), len(rising_verdicts)),
-    }
-    by_prompt = [[v for v in verdicts if v.prompt == i and v.excess > 0] for i in range(len(sweeps))]
-
-    def summed(condition) -> tuple[int, int]:
-        counts = [_pairs(items, condition) for items in by_prompt]
-        return sum(a for a, _ in counts), sum(t for _, t in counts)
-
-    agreements["increasing curves have larger M than bumps"] = summed(
-        lambda a, b: a.log_odds > b.log_odds if a.shape == "increasing" and b.shape == "bump" else None)
-    agreements["peaks ordered by M"] = summed(
-        lambda a, b: a.log_odds > b.log_odds
-        if a.shape == b.shape == "bump" and a.peak_alpha > b.peak_alpha else None)
-    agreements["uppercase peaks after other tokens"] = summed(
-        lambda a, b: a.peak_alpha > b.peak_alpha
-        if a.uppercase and not b.uppercase and a.peak_alpha != b.peak_alpha else None)
-    vocabulary = sweeps[0].tokens
-    upper = np.array([is_uppercase_word(t) for t in vocabulary])
-    lower = np.array([is_lowercase_word(t) for t in vocabulary])
-    agreements["uppercase tokens have M > 0 (whole vocabulary)"] = (int((log_odds[upper] > 0).sum()), int(upper.sum()))
-    agreements["lowercase tokens have M <= 0 (whole vocabulary)"] = (int((log_odds[lower] <= 0).sum()),
-                                                                      int(lower.sum()))
-    return Theorem33Agreement(verdicts, agreements, top_upper / top_total if top_total else float("nan"))
 
 
 def unigram_cross_entropy(train_stream: torch.Tensor, val_stream: torch.Tensor, vocab_size: int) -> float:

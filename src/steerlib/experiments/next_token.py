@@ -1,0 +1,235 @@
+"""Next-token curves ``Δp(z, α)`` of a steered LLM (Def. 3.1, Th. 3.3, Fig. 6).
+
+A sweep fixes a prompt ``c``, a steering vector ``v`` at block ``ℓ`` and a grid of strengths ``α`` (always
+containing 0), and records ``Δp(z | c, α) = σ_z(y(α)) − σ_z(y(0))`` at the last position, computed by the
+α-batched engine of :mod:`steerlib.steering`. Theorem 3.3 predicts three shapes for these curves (a bump for
+most tokens, monotone for those of extreme log-odds), read by :mod:`steerlib.theory_checks`; Prop. 4.1 predicts
+that a few tokens, those of ``σ(LN(±v) Wᵀ)``, dominate at large ``|α|``.
+
+Taught in the chapters "Next-token curves on LLMs" and "Log-odds of real models".
+
+Example:
+    >>> params = NextTokenParameters("Today I feel", alphas=np.linspace(-200, 200, 41))
+    >>> sweep = load_or_run(lm, vector, params, "results/next_token")
+    >>> sweep.top_tokens("max", k=8)             # the 8 most probable tokens at the largest α
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from steerlib.models import LoadedModel, check_texts, mean_residual_norm
+from steerlib.steering import alpha_grid, check_positions, resolve_vector, steered_next_token_log_probs
+from steerlib.store import Result, content_key, load_or_compute
+from steerlib.vectors import SteeringVector, concept_vectors
+
+
+@dataclass(frozen=True)
+class NextTokenParameters:
+    """What determines a next-token sweep, besides the model and the vector.
+
+    Args:
+        prompt: the fixed context ``c`` (tokenised with the tokenizer's defaults; apply a chat template first
+            if you want one).
+        alphas: the grid; sorted and 0 inserted by :func:`steerlib.steering.alpha_grid`.
+        layer: block whose output is steered; default the vector's layer.
+        positions: ``"all"`` or ``"last"`` (App. A, last-token steering).
+        alpha_scale: ``"absolute"`` (``alphas`` are ``α``) or ``"relative"`` (``α = α_rel · mean‖h‖ / ‖v‖``).
+        reference_texts: texts over which ``mean‖h‖`` is taken (default the prompt); first positions are
+            excluded as for the vectors.
+        top_k: how many most probable tokens to record at the largest and smallest ``α``.
+        keep_tokens: how many token curves to keep: the top tokens at both ends and at ``α = 0``, then the
+            largest ``max_α |Δp|``, up to this many (at least the top tokens); ``None`` keeps the whole vocabulary.
+        token_ids: tokens always kept (e.g. to compare resampled vectors on the same tokens).
+    """
+
+    prompt: str
+    alphas: tuple[float, ...]
+    layer: int | None = None
+    positions: Literal["all", "last"] = "all"
+    alpha_scale: Literal["absolute", "relative"] = "absolute"
+    reference_texts: tuple[str, ...] | None = None
+    top_k: int = 8
+    keep_tokens: int | None = 64
+    token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "alphas", tuple(float(a) for a in np.asarray(self.alphas, dtype=float).reshape(-1)))
+        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        if self.reference_texts is not None:
+            object.__setattr__(self, "reference_texts", tuple(check_texts(self.reference_texts, "reference_texts")))
+        if self.layer is not None:
+            object.__setattr__(self, "layer", int(self.layer))
+        check_positions(self.positions)
+        if self.alpha_scale not in ("absolute", "relative"):
+            raise ValueError(f"alpha_scale={self.alpha_scale!r}: use 'absolute' or 'relative'.")
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1.")
+
+
+@dataclass
+class NextTokenSweep(Result):
+    """``Δp(z, α)`` for one prompt, one vector and a grid of ``α``, with the parameters that made it.
+
+    Args:
+        alphas: absolute strengths ``α``, sorted, containing 0.
+        alphas_relative: the same grid in units of ``mean‖h‖ / ‖v‖`` (``α_rel = α ‖v‖ / mean‖h‖``).
+        reference_norm: ``mean‖h‖`` at the steered layer (over the prompt or a reference set).
+        token_ids: the tokens kept (all of the vocabulary, or the union of the top tokens, see
+:func:`run`).
+        tokens: their decoded strings.
+        p0: ``σ_z(y(0))`` for the kept tokens.
+        delta_p: ``Δp(z, α)``, shape ``(len(alphas), len(token_ids))``.
+        top_at_max, top_at_min: the ``top_k`` most probable token ids at the largest and smallest ``α``.
+        parameters: model, prompt, layer, positions, vector metadata and norm, sweep options.
+    """
+
+    alphas: np.ndarray
+    alphas_relative: np.ndarray
+    reference_norm: float
+    token_ids: np.ndarray
+    tokens: list[str]
+    p0: np.ndarray
+    delta_p: np.ndarray
+    top_at_max: np.ndarray
+    top_at_min: np.ndarray
+    parameters: dict
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """``σ_z(y(α)) = p0 + Δp``, shape ``(len(alphas), len(token_ids))``."""
+        return self.p0[None, :] + self.delta_p
+
+    def column(self, token_id: int) -> int:
+        """Index of ``token_id`` among the kept tokens."""
+        where = np.flatnonzero(self.token_ids == token_id)
+        if where.size == 0:
+            raise ValueError(f"token {token_id} was not kept in this sweep: pass it in token_ids= when sweeping.")
+        return int(where[0])
+
+    def curve(self, token_id: int) -> np.ndarray:
+        """``α ↦ Δp(z, α)`` for one token."""
+        return self.delta_p[:, self.column(token_id)]
+
+    def top_tokens(self, at: Literal["max", "min"] = "max", k: int | None = None) -> np.ndarray:
+        """The most probable token ids at the largest (``"max"``) or smallest (``"min"``) ``α`` (Fig. 6)."""
+        if at not in ("max", "min"):
+            raise ValueError(f"at={at!r}: use 'max' (largest α) or 'min' (smallest α).")
+        top = self.top_at_max if at == "max" else self.top_at_min
+        return top if k is None else top[:k]
+
+    def token(self, token_id: int) -> str:
+        return self.tokens[self.column(token_id)]
+
+
+def _kept_token_ids(probabilities: torch.Tensor, delta_p: torch.Tensor, zero: int, top_k: int,
+                    keep_tokens: int | None, extra: Sequence[int]) -> torch.Tensor:
+    """``extra``, the ``top_k`` tokens at the largest, smallest and zero ``α``, then the largest ``max |Δp|``."""
+    vocabulary = probabilities.shape[1]
+    if keep_tokens is None or keep_tokens >= vocabulary:
+        return torch.arange(vocabulary)
+    required = [int(t) for t in extra]
+    for row in (-1, 0, zero):
+        required += probabilities[row].topk(min(top_k, vocabulary)).indices.tolist()
+    required = list(dict.fromkeys(required))
+    by_change = delta_p.abs().amax(dim=0).topk(min(keep_tokens, vocabulary)).indices.tolist()
+    kept = list(dict.fromkeys(required + by_change))
+    return torch.tensor(kept[:max(keep_tokens, len(required))])
+
+
+def run(lm: LoadedModel, vector: SteeringVector | torch.Tensor, params: NextTokenParameters,
+        alphas_per_forward: int | None = None) -> NextTokenSweep:
+    """``Δp(z | prompt, α)`` over a grid of ``α`` (Def. 3.1, Fig. 6), from one α-batched forward.
+
+    Args:
+        lm: the model.
+        vector: a :class:`steerlib.vectors.SteeringVector` of this model, or a 1-D tensor (then give ``layer``).
+        params: the prompt, grid and options (:class:`NextTokenParameters`).
+        alphas_per_forward: α values per forward pass (default all; does not change the result).
+    """
+    prompt, layer, positions, alpha_scale = params.prompt, params.layer, params.positions, params.alpha_scale
+    top_k, keep_tokens = params.top_k, params.keep_tokens
+    v, layer = resolve_vector(lm, vector, layer)
+    grid = alpha_grid(params.alphas)
+    reference = list(params.reference_texts) if params.reference_texts is not None else [prompt]
+    reference_norm = mean_residual_norm(lm, reference, layer)
+    vector_norm = float(v.norm())
+    if vector_norm == 0.0:
+        raise ValueError("the steering vector is zero: P and N have the same mean activation.")
+    unit = reference_norm / vector_norm
+    absolute = grid * unit if alpha_scale == "relative" else grid
+    log_probs = steered_next_token_log_probs(lm, prompt, v, torch.as_tensor(absolute), layer, positions,
+                                             alphas_per_forward)
+    probabilities = log_probs.exp().cpu()
+    zero = int(np.flatnonzero(absolute == 0.0)[0])
+    delta_p = probabilities - probabilities[zero]
+    kept = _kept_token_ids(probabilities, delta_p, zero, top_k, keep_tokens, params.token_ids)
+    vocabulary = probabilities.shape[1]
+    metadata = vector.metadata() if isinstance(vector, SteeringVector) else {"layer": layer}
+    parameters = {"model": lm.name, "prompt": prompt, "layer": layer, "positions": positions,
+                  "alpha_scale": alpha_scale, "top_k": top_k, "keep_tokens": keep_tokens,
+                  "vocabulary": vocabulary, "vector": metadata, "vector_norm": vector_norm,
+                  "dtype": str(lm.dtype).replace("torch.", ""),
+                  "reference": "prompt" if params.reference_texts is None else f"{len(reference)} texts"}
+    return NextTokenSweep(
+        alphas=absolute.astype(np.float64),
+        alphas_relative=grid if alpha_scale == "relative" else absolute / unit,  # the grid asked for, exactly
+        reference_norm=reference_norm,
+        token_ids=kept.numpy().astype(np.int64),
+        tokens=[lm.tokenizer.decode([int(t)]) for t in kept],
+        p0=probabilities[zero, kept].numpy().astype(np.float64),
+        delta_p=delta_p[:, kept].numpy().astype(np.float64),
+        top_at_max=probabilities[-1].topk(top_k).indices.numpy().astype(np.int64),
+        top_at_min=probabilities[0].topk(top_k).indices.numpy().astype(np.int64),
+        parameters=parameters,
+    )
+
+
+def load_or_run(lm: LoadedModel, vector, params: NextTokenParameters, folder: str | os.PathLike,
+                alphas_per_forward: int | None = None) -> NextTokenSweep:
+    """:func:`run`, saved under ``folder`` as ``next-token-<key>.npz`` (the key: model, dtype, vector values and
+    metadata, parameters) and read back when it exists."""
+    key = content_key(lm.name, str(lm.dtype), vector, params)
+    return load_or_compute(Path(folder) / f"next-token-{key}.npz",
+                           lambda: run(lm, vector, params, alphas_per_forward), NextTokenSweep)
+
+
+def load_or_run_concept(lm: LoadedModel, concept: str, setting: str, n_texts: int, activations_dir: str | os.PathLike,
+                        params: NextTokenParameters, folder: str | os.PathLike, normalise: bool = False,
+                        alphas_per_forward: int | None = None) -> NextTokenSweep:
+    """:func:`load_or_run` with the vector of ``concept`` at block ``params.layer`` made from its saved prompt sets
+    (:func:`steerlib.vectors.concept_vectors`, N of ``setting``, ``n_texts`` texts each, optionally of unit norm)."""
+    if params.layer is None:
+        raise ValueError("give the block to steer: NextTokenParameters(..., layer=...).")
+    vector = concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=[params.layer],
+                             normalise=normalise, progress=False)[params.layer]
+    return load_or_run(lm, vector, params, folder, alphas_per_forward)
+
+
+def resampled_sweeps(lm: LoadedModel, vectors: Sequence[SteeringVector], params: NextTokenParameters,
+                     token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std of ``Δp(z, α)`` over resampled vectors (App. A error bars), for fixed ``token_ids``.
+
+    Args:
+        vectors: e.g. one layer of each :func:`steerlib.vectors.bootstrap_vectors` resampling.
+        params: the sweep (its ``token_ids`` are replaced by ``token_ids``).
+        token_ids: the tokens whose curves are compared (e.g. the top tokens of the full-data sweep).
+
+    Returns:
+        ``(alphas, mean, std)`` with ``mean`` and ``std`` of shape ``(len(alphas), len(token_ids))``.
+    """
+    if not vectors:
+        raise ValueError("give at least one resampled vector.")
+    params = replace(params, token_ids=tuple(int(t) for t in token_ids))
+    curves = []
+    for vector in vectors:
+        sweep = run(lm, vector, params)
+        curves.append(np.stack([sweep.curve(int(t)) for t in token_ids], axis=1))
+    stacked = np.stack(curves)
+    return sweep.alphas, stacked.mean(axis=0), stacked.std(axis=0)
