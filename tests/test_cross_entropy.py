@@ -183,3 +183,32 @@ def test_save_load_and_load_or_run_reuse(tmp_path, monkeypatch):
     assert loaded.n_tokens == first.n_tokens and loaded.unit == first.unit
     with pytest.raises(ValueError, match="no saved CrossEntropySweep"):
         CrossEntropySweep.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
+def test_fp16_corpus_scores_equal_the_models_own_fp16_forward(family):
+    """In fp16 the corpus engine equals the model's own fp16 forward under steer (a massive first-position
+    activation included), and stays finite where that forward overflows."""
+    lm = tiny_lm(family, torch.float16)
+    ids = corpus_blocks()
+    embeddings = lm.model.get_input_embeddings()
+    lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=lm.name, blocks=lm.blocks,
+                     final_norm=lm.final_norm, unembedding=lm.unembedding)
+    original = embeddings.weight[int(ids[0, 0])].clone()
+    with torch.no_grad():
+        # 1e4, as SmolLM2's first position; GPT-2's LayerNorm squares its input in fp16 and overflows beyond ~200
+        massive = 100.0 if family == "gpt2" else 1e4
+        embeddings.weight[int(ids[0, 0])] = original.sign() * massive / float(getattr(embeddings, "embed_scale", 1.0))
+    try:
+        v = direction(lm) * 50
+        alphas = torch.tensor([0.0, 2.0, -30.0])
+        for layer in (0, lm.n_layers - 1):
+            reference = direct_target_log_probs(lm, ids, v, alphas, layer)
+            ours = steered_target_log_probs(lm, ids, v, alphas, layer=layer)
+            assert torch.isfinite(reference).all()
+            assert (ours - reference).abs().max() < 0.05 * reference.abs().max()
+        far = steered_target_log_probs(lm, ids, v, torch.tensor([1e4, -1e4]), layer=1)
+        assert torch.isfinite(far).all()
+    finally:
+        with torch.no_grad():
+            embeddings.weight[int(ids[0, 0])] = original

@@ -3,6 +3,7 @@ the large-α limit LN(±v)Wᵀ (Prop. 4.1)."""
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from float32 import assert_float32_close
-from steerlib.models import find_parts, mean_residual_norm
+from steerlib.models import block_hidden, find_parts, mean_residual_norm
 from steerlib.stats import kl_divergence
 from steerlib.steering import alpha_grid, limit_logits, steer, steered_log_probs, steered_next_token_log_probs
 from steerlib.vectors import SteeringVector
@@ -105,6 +106,28 @@ def test_steer_removes_its_hook_and_never_changes_the_model():
         assert torch.equal(p, before[name]), name
 
 
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_the_block_output_moves_by_exactly_alpha_v(positions):
+    """The definition of steering (Sec. 4): h <- h + α v, checked against the unsteered block output by hand."""
+    lm = tiny_lm("llama")
+    v, alphas = direction(lm), torch.tensor([-3.0, 0.0, 2.5])
+    outputs = []
+    handle = lm.blocks[1].register_forward_hook(lambda module, args, output: outputs.append(block_hidden(output)))
+    ids = PROMPT[None].expand(len(alphas), -1)
+    with torch.no_grad():
+        lm.model(input_ids=ids)
+        with steer(lm, v, alphas, layer=1, positions=positions):
+            handle.remove()  # the steering hook runs after this one: record once more, after it
+            handle = lm.blocks[1].register_forward_hook(lambda module, args, output: outputs.append(block_hidden(output)))
+            lm.model(input_ids=ids)
+    handle.remove()
+    plain, steered = outputs
+    expected = plain.clone()
+    rows = slice(None) if positions == "all" else slice(-1, None)
+    expected[:, rows] += alphas[:, None, None] * v
+    torch.testing.assert_close(steered, expected, rtol=0, atol=1e-6)
+
+
 def test_steer_with_alpha_zero_is_the_plain_model():
     lm = tiny_lm("mistral")
     with torch.no_grad():
@@ -136,6 +159,23 @@ def test_bad_arguments_raise_value_errors():
         steered_next_token_log_probs(lm, torch.tensor([], dtype=torch.long), v, ALPHAS, layer=1)
 
 
+def test_nan_vectors_and_alphas_are_refused_by_name():
+    lm = tiny_lm("llama")
+    v = direction(lm)
+    broken = v.clone()
+    broken[3] = float("nan")
+    with pytest.raises(ValueError, match="steering vector has NaN or infinite entries"):
+        steered_next_token_log_probs(lm, PROMPT, broken, ALPHAS, layer=1)
+    with pytest.raises(ValueError, match="steering vector has NaN"):
+        with steer(lm, broken, 1.0, layer=1):
+            pass
+    with pytest.raises(ValueError, match="alpha must be finite, got nan"):
+        with steer(lm, v, float("nan"), layer=1):
+            pass
+    with pytest.raises(ValueError, match="alphas must be finite"):
+        steered_next_token_log_probs(lm, PROMPT, v, [0.0, float("inf")], layer=1)
+
+
 def test_vector_of_another_model_or_width_is_refused():
     lm = tiny_lm("llama")
     foreign = SteeringVector(direction(lm), "another-model", 1, "joy", "random", 2, 2)
@@ -162,14 +202,52 @@ def test_extreme_alpha_stays_finite(dtype, positions):
     assert (log_probs.exp() - reference.exp()).abs().max() < tolerance
 
 
-def test_fp16_rescaling_is_exact_below_the_limit():
-    """Rows far from fp16's range are computed exactly as the model does (scale 1)."""
-    lm = tiny_lm("llama", torch.float16)
-    v = direction(lm)
-    alphas = torch.tensor([-2.0, 0.0, 3.0])
-    reference = hooked_full_forward(lm, PROMPT, v, alphas, 1, "all")[:, -1]
-    ours = steered_next_token_log_probs(lm, PROMPT, v, alphas, layer=1)
-    torch.testing.assert_close(ours, reference, rtol=0, atol=2e-3)
+def massive_first_position(lm):
+    """A copy of ``lm`` whose first prompt token carries a massive activation (about 2e4, as SmolLM2's first
+    position does from its middle blocks on): large in fp16, still far from its 65504 limit."""
+    lm = copy.deepcopy(lm)
+    embeddings = lm.model.get_input_embeddings()
+    scale = float(getattr(embeddings, "embed_scale", 1.0))  # Gemma multiplies embeddings by sqrt(d)
+    with torch.no_grad():
+        embeddings.weight[int(PROMPT[0])] = embeddings.weight[int(PROMPT[0])].sign() * 1e4 / scale
+    return lm
+
+
+def total_variation(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rows_equal_the_models_own_forward(family, dtype):
+    """Wherever the model's own half-precision forward under :func:`steer` stays finite, the α-batched engine gives
+    the same next-token distribution (rounding of another batch shape aside), at α = 0 and beyond, early, middle
+    and last blocks, with a massive first-position activation in the residual stream."""
+    lm = massive_first_position(tiny_lm(family, dtype))
+    v = direction(lm) * 50
+    alphas = torch.tensor([0.0, 3.0, -20.0, 200.0])
+    for layer in (0, 1, lm.n_layers - 1):
+        for positions in ("all", "last"):
+            reference = hooked_full_forward(lm, PROMPT, v, alphas, layer, positions)[:, -1]
+            assert torch.isfinite(reference).all()
+            ours = steered_next_token_log_probs(lm, PROMPT, v, alphas, layer=layer, positions=positions)
+            assert total_variation(ours, reference).max() < 2e-2, (layer, positions)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_fp16_rows_that_overflow_stay_finite_and_close_to_float32(family):
+    """Where the model's own fp16 forward overflows (|α v| beyond 65504), the engine recomputes those rows in
+    float32: finite, and close to the float32 model."""
+    lm16, lm32 = tiny_lm(family, torch.float16), tiny_lm(family)
+    v = direction(lm16) * 10  # ‖α v‖ ≈ 5.7e5 at α = 1e4
+    alphas = torch.tensor([0.0, 2e3, 1e4, -1e4])
+    for positions in ("all", "last"):
+        with pytest.raises(ValueError, match="overflows"), torch.no_grad(), steer(lm16, v, 1e4, layer=1):
+            lm16.model(input_ids=PROMPT[None])  # the model's own forward cannot
+        ours = steered_next_token_log_probs(lm16, PROMPT, v, alphas, layer=1, positions=positions)
+        reference = steered_next_token_log_probs(lm32, PROMPT, v, alphas, layer=1, positions=positions)
+        assert torch.isfinite(ours).all()
+        assert total_variation(ours, reference).max() < 2e-2
 
 
 def test_hook_refuses_to_overflow_fp16():

@@ -21,13 +21,15 @@ last one (``positions="last"``, App. A). :func:`add_steering` computes ``h + α 
 The large-α limit ``LN(±v) Wᵀ`` of Prop. 4.1 (:func:`limit_logits`) and the α grid (:func:`alpha_grid`) live here
 too.
 
-Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32. In fp16 a large ``α`` overflows the residual
-stream (fp16 stops at 65504). The batched engine then carries each row as ``s · u`` with an fp32 scale ``s >= 1``
-chosen so that ``u`` stays far below the fp16 limit; every block reads its input through a scale-invariant norm
-(``h_next = h + F(LN(h))``, Sec. 4), so ``u_next = u + (block(u) - u) / s`` is exact up to the norms' epsilon,
-and the final norm removes ``s``. Rows that never come near the limit have ``s = 1`` and are computed exactly as
-the model does. fp32 and bf16 have the range of fp32 and never need a scale. The hook of :func:`steer` cannot
-rescale the model's own forward: it raises a ``ValueError`` instead of returning infinities.
+Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32; every block runs in the model's dtype, on
+exactly the arguments of the model's own forward, so each α-batch row equals the model's own forward under
+:func:`steer` (up to the rounding of a different batch shape), fp16 included. In fp16 a large ``α`` overflows the
+residual stream (fp16 stops at 65504), as it does in the model's own forward: those rows, and only those, are
+computed again through the later blocks in float32 (a float32 copy of one block at a time, so memory grows by
+one block), which gives finite values close to a float32 model; before the final norm their residual stream is
+divided, position by position, by what brings it back into fp16's range (the norm does not see a positive
+scale). fp32 and bf16 have the range of fp32 and never need this. The hook of :func:`steer` cannot redo the
+model's own forward: it raises a ``ValueError`` instead of returning infinities.
 
 Example:
     >>> lm = load_model()
@@ -51,10 +53,6 @@ from steerlib.vectors import SteeringVector
 
 Positions = Literal["all", "last"]
 POSITIONS = ("all", "last")
-
-# fp16 rows are rescaled when their largest entry exceeds finfo.max * _SAFE_FRACTION (4094 for fp16),
-# leaving room for the updates of one block before the next check.
-_SAFE_FRACTION = 1 / 16
 
 
 def check_positions(positions: str) -> str:
@@ -96,6 +94,9 @@ def resolve_vector(lm: LoadedModel, vector, layer: int | None) -> tuple[torch.Te
                 f"the steering vector has shape {tuple(tensor.shape)} but {lm.name} has hidden size "
                 f"{lm.hidden_size}: compute the vector on this model (steerlib.vectors.steering_vectors)."
             )
+    if not torch.isfinite(tensor).all():
+        raise ValueError("the steering vector has NaN or infinite entries: recompute it (Eq. 3 on P and N) or check "
+                         "the file it was loaded from.")
     return tensor.detach().to(device=lm.device, dtype=torch.float32), lm.check_layer(layer)
 
 
@@ -122,6 +123,8 @@ def _alpha_column(alpha, device) -> torch.Tensor:
     alphas = torch.as_tensor(alpha, dtype=torch.float32, device=device)
     if alphas.ndim > 1:
         raise ValueError(f"alpha must be a number or a 1-D sequence (one α per batch row), got shape {tuple(alphas.shape)}.")
+    if not torch.isfinite(alphas).all():
+        raise ValueError(f"alpha must be finite, got {alphas.tolist()}.")
     return alphas.reshape(-1)
 
 
@@ -146,7 +149,7 @@ def steer(
     Sharp edges: ``positions="last"`` steers index ``-1`` of each sequence, so pad batches on the left;
     during ``generate`` with a KV cache each new token is the last position of its step, so both modes
     steer every generated token. In fp16, an ``α v`` that overflows raises a ``ValueError`` (use
-    :func:`steered_log_probs`, which rescales, or load the model in bf16/fp32).
+    :func:`steered_log_probs`, which computes such rows in float32, or load the model in bf16/fp32).
 
     Args:
         lm: the model.
@@ -167,7 +170,7 @@ def steer(
         steered = add_steering(hidden, alphas, v, positions).to(hidden.dtype)
         if not torch.isfinite(steered).all() and torch.isfinite(hidden).all():
             raise ValueError(f"α v overflows the {hidden.dtype} residual stream (largest |α| = "
-                             f"{alphas.abs().max().item():.3g}): use steered_log_probs (it rescales fp16 rows) "
+                             f"{alphas.abs().max().item():.3g}): use steered_log_probs (it computes such rows in float32) "
                              "or load the model in bf16 or fp32.")
         return _with_hidden(output, steered)
 
@@ -236,62 +239,47 @@ def _expand_over_alphas(value, batch: int, repeats: int):
     return value
 
 
-def _call_block(block, call: tuple[tuple, dict], hidden: torch.Tensor, batch: int, repeats: int,
-                cache=None) -> torch.Tensor:
-    """Call ``block`` on the α-batch ``hidden`` with the arguments recorded for it, tiled over the α values."""
-    args, kwargs = call
-    args = _expand_over_alphas(tuple(args[1:]), batch, repeats) if args else ()
-    kwargs = {key: _expand_over_alphas(value, batch, repeats) for key, value in kwargs.items()}
-    if cache is not None:
-        from transformers import Cache
+def _select_in_float32(value, batch: int, texts: torch.Tensor):
+    """The per-text tensors of a recorded block call for the rows of ``texts`` (text index of each row), floating
+    tensors (rotary position embeddings, additive masks) in float32."""
+    if isinstance(value, torch.Tensor):
+        if batch > 1 and value.ndim >= 1 and value.shape[0] == batch:
+            value = value[texts]
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_select_in_float32(item, batch, texts) for item in value)
+    if isinstance(value, list):
+        return [_select_in_float32(item, batch, texts) for item in value]
+    return value
 
-        kwargs = {key: cache if isinstance(value, Cache) else value for key, value in kwargs.items()}
-        args = tuple(cache if isinstance(value, Cache) else value for value in args)
-    if call[0]:
-        return block_hidden(block(hidden, *args, **kwargs))
+
+def _call_block(block, call: tuple[tuple, dict], hidden: torch.Tensor, adapt, cache=None) -> torch.Tensor:
+    """Call ``block`` on the α-batch ``hidden`` with the arguments recorded for it, each passed through ``adapt``
+    (tiled over the α values, or selected for some rows) and the recorded cache replaced by ``cache``."""
+    from transformers import Cache
+
+    args, kwargs = call
+    rest = tuple(cache if isinstance(value, Cache) else adapt(value) for value in args[1:])
+    kwargs = {key: cache if isinstance(value, Cache) else adapt(value) for key, value in kwargs.items()}
+    if args:
+        return block_hidden(block(hidden, *rest, **kwargs))
     return block_hidden(block(hidden_states=hidden, **kwargs))
 
 
-class _ScaledResidual:
-    """A batch of residual streams stored as ``s · u``: ``u`` in the model's dtype, ``s >= 1`` fp32 per row."""
-
-    def __init__(self, true_hidden: torch.Tensor, dtype: torch.dtype):
-        self.dtype = dtype
-        self.limit = torch.finfo(dtype).max * _SAFE_FRACTION
-        self.needs_scale = self.limit < 1e30  # fp16 only: fp32 and bf16 share fp32's range
-        self.scale = torch.ones(true_hidden.shape[0], 1, 1, dtype=torch.float32, device=true_hidden.device)
-        self.u = self._rescaled(true_hidden) if self.needs_scale else true_hidden.to(dtype)
-
-    def _rescaled(self, hidden32: torch.Tensor) -> torch.Tensor:
-        peak = hidden32.abs().amax(dim=(1, 2), keepdim=True)
-        factor = torch.clamp(peak / self.limit, min=1.0)
-        if bool((factor > 1).any()):
-            self.scale = self.scale * factor
-            hidden32 = hidden32 / factor
-        return hidden32.to(self.dtype)
-
-    def step(self, output: torch.Tensor) -> None:
-        """Replace ``u`` by the block's output on ``u``, undoing the scale on the block's update."""
-        if not self.needs_scale:
-            self.u = output
-            return
-        scaled = self.scale > 1
-        if bool(scaled.any()):
-            u32 = self.u.float()
-            output32 = torch.where(scaled, u32 + (output.float() - u32) / self.scale, output.float())
-        else:
-            output32 = output.float()
-        self.u = self._rescaled(output32)
+def _repeat_cache(cache, repeats: int, from_layer: int, dtype: torch.dtype | None = None) -> None:
+    """Repeat the batch-1 KV cache ``repeats`` times along the batch, for the layers the α-batch runs (in ``dtype``
+    when given)."""
+    for layer in cache.layers[from_layer:]:
+        layer.batch_repeat_interleave(repeats)
+        if dtype is not None:
+            layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
 
 
-def _repeat_cache(cache, repeats: int, from_layer: int) -> None:
-    """Repeat the batch-1 KV cache ``repeats`` times along the batch, for the layers the α-batch runs."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        cache.batch_repeat_interleave(repeats)
-        return
-    for index in range(from_layer, len(layers)):
-        layers[index].batch_repeat_interleave(repeats)
+def _into_float16_range(u32: torch.Tensor) -> torch.Tensor:
+    """``u / s`` in fp16 with ``s >= 1`` per position, so that the largest entry is at most 4096: the final norm,
+    invariant to a positive scale of each position's vector, gives the same result."""
+    scale = torch.clamp(u32.abs().amax(dim=-1, keepdim=True) / 4096.0, min=1.0)
+    return (u32 / scale).to(torch.float16)
 
 
 def _check_alphas(alphas, device) -> torch.Tensor:
@@ -305,15 +293,15 @@ def _check_alphas(alphas, device) -> torch.Tensor:
 
 def steered_residuals(lm: LoadedModel, ids: torch.Tensor, v: torch.Tensor, layer: int, alphas: torch.Tensor,
                       positions: Positions = "all", alphas_per_forward: int | None = None,
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The α-batched engine: the last block's output for every ``α`` and text, ``alphas_per_forward`` α at a time.
 
     Blocks ``0..layer`` run once on ``ids`` (the model's own forward, stopped after the last block); blocks
-    ``layer+1..L-1`` run on the α-batch with the recorded call arguments (module docstring). Yields
-    ``(chunk, u, scale)``: ``chunk`` the α values of this step, ``u`` of shape ``(len(chunk)·B, T', d)`` (α-major,
-    row ``a·B + b``; ``T' = 1`` with ``positions="last"``, which reuses a KV cache of the first ``T - 1`` tokens),
-    and the true residual stream is ``scale · u`` (``scale = 1`` except for fp16 rows near overflow; the final
-    norm removes it).
+    ``layer+1..L-1`` run on the α-batch with the recorded call arguments (module docstring). Yields ``(chunk, u)``:
+    ``chunk`` the α values of this step and ``u`` of shape ``(len(chunk)·B, T', d)`` in the model's dtype (α-major,
+    row ``a·B + b``; ``T' = 1`` with ``positions="last"``, which reuses a KV cache of the first ``T - 1`` tokens).
+    In fp16, rows that overflow are computed in float32 and divided, position by position, back into fp16's range
+    (module docstring): read ``u`` through the final norm only.
 
     Args:
         lm: the model.
@@ -338,22 +326,45 @@ def steered_residuals(lm: LoadedModel, ids: torch.Tensor, v: torch.Tensor, layer
         hidden, calls = _run_recording(lm, layer, ids[:, -1:], position_ids[:, -1:], prefix_cache)
     else:
         hidden, calls = _run_recording(lm, layer, ids, position_ids)
+
+    def cache_for(rows: int, dtype: torch.dtype | None = None):
+        if saved_cache is None:
+            return None
+        cache = copy.deepcopy(saved_cache)
+        _repeat_cache(cache, rows, from_layer=layer + 1, dtype=dtype)
+        return cache
+
     alphas_per_forward = alphas_per_forward or alphas.numel()
     if alphas_per_forward < 1:
         raise ValueError(f"alphas_per_forward must be >= 1, got {alphas_per_forward}.")
     for start in range(0, alphas.numel(), alphas_per_forward):
         chunk = alphas[start:start + alphas_per_forward]
         repeats = chunk.numel()
-        cache = None
-        if saved_cache is not None:
-            cache = copy.deepcopy(saved_cache)
-            _repeat_cache(cache, repeats, from_layer=layer + 1)
         with torch.no_grad():
             steered = add_steering(hidden.repeat(repeats, 1, 1), chunk.repeat_interleave(batch), v)
-            residual = _ScaledResidual(steered, lm.dtype)
+            u, cache = steered.to(lm.dtype), cache_for(repeats)
             for index in range(layer + 1, lm.n_layers):
-                residual.step(_call_block(lm.blocks[index], calls[index], residual.u, batch, repeats, cache))
-        yield chunk, residual.u, residual.scale
+                u = _call_block(lm.blocks[index], calls[index], u,
+                                lambda value: _expand_over_alphas(value, batch, repeats), cache)
+            overflow = ~torch.isfinite(u).flatten(1).all(dim=1)
+            if lm.dtype == torch.float16 and bool(overflow.any()):
+                rows = overflow.nonzero()[:, 0]
+                u = u.clone()
+                u[rows] = _into_float16_range(_later_blocks_in_float32(
+                    lm, calls, layer, steered[rows], rows % batch, batch, cache_for(len(rows), torch.float32)))
+        yield chunk, u
+
+
+def _later_blocks_in_float32(lm: LoadedModel, calls: dict, layer: int, steered32: torch.Tensor, texts: torch.Tensor,
+                             batch: int, cache) -> torch.Tensor:
+    """Blocks ``layer+1..L-1`` on some α-batch rows in float32: a float32 copy of one block at a time, called with
+    the recorded arguments of the rows' texts cast to float32 (fp16 rows that would overflow)."""
+    u = steered32
+    for index in range(layer + 1, lm.n_layers):
+        block = copy.deepcopy(lm.blocks[index]).float()
+        u = _call_block(block, calls[index], u, lambda value: _select_in_float32(value, batch, texts), cache)
+        del block
+    return u
 
 
 def _prompt_ids(lm: LoadedModel, prompt) -> torch.Tensor:
@@ -410,7 +421,7 @@ def steered_log_probs(
                          "does not change the predictions at earlier positions.")
     selected = [0] if positions == "last" and length > 1 else [p % length for p in logit_positions]
     results = []
-    for _, u, _ in steered_residuals(lm, ids, v, layer, alphas, positions, alphas_per_forward):
+    for _, u in steered_residuals(lm, ids, v, layer, alphas, positions, alphas_per_forward):
         with torch.no_grad():
             results.append(lm.logits(u[:, selected]).float().log_softmax(dim=-1))
     return torch.cat(results)
@@ -492,7 +503,7 @@ def steered_target_log_probs(
     alphas = _check_alphas(alphas, lm.device)
     batch, length = ids.shape
     rows = []
-    for chunk, u, _ in steered_residuals(lm, ids, v, layer, alphas, "all", alphas_per_forward):
+    for chunk, u in steered_residuals(lm, ids, v, layer, alphas, "all", alphas_per_forward):
         u = u[:, :-1].reshape(-1, u.shape[-1])
         targets = ids[:, 1:].repeat(chunk.numel(), 1).reshape(-1)
         rows.append(target_log_probs(lm, u, targets, logit_chunk).reshape(chunk.numel(), batch, length - 1))

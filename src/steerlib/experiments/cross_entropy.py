@@ -138,7 +138,7 @@ def derivative_statistics(
     alphas = torch.tensor([-step, 0.0, step], dtype=torch.float32, device=lm.device)
     sums = dict.fromkeys(_STATISTICS, 0.0)
     with torch.no_grad():
-        _, u, _ = next(steered_residuals(lm, ids, v, layer, alphas))
+        _, u = next(steered_residuals(lm, ids, v, layer, alphas))
         u = u[:, :-1].reshape(3, -1, u.shape[-1])
         targets = ids[:, 1:].reshape(-1)
         sums["n_tokens"] = float(targets.numel())
