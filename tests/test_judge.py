@@ -31,7 +31,7 @@ def test_parse_valid(reply, expected):
 
 
 @pytest.mark.parametrize("reply", ["", "   \n ", "Maybe", "1 or 0", "Yes, 0", "10", "0.5", "The text is nice",
-                                   "No, 1", "2"])
+                                   "No, 1", "2", "-1", "+1", "-0"])
 def test_parse_invalid(reply):
     assert parse_judge_reply(reply) is None
 

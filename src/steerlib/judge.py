@@ -97,13 +97,13 @@ def parse_judge_reply(reply: str) -> int | None:
     ``"Yes, 0"``) give ``None``, to be counted as invalid, never as 0.
 
     Examples: ``"1"``, ``"1."``, ``" Yes, 1"``, ``"Answer: 1"`` -> 1; ``"0 - no"``, ``"No."`` -> 0;
-    ``""``, ``"Maybe"``, ``"1 or 0"``, ``"10"`` -> None.
+    ``""``, ``"Maybe"``, ``"1 or 0"``, ``"10"``, ``"-1"`` -> None.
     """
     lines = [line for line in reply.strip().splitlines() if line.strip()]
     if not lines:
         return None
     text = re.sub(r"^\s*(answer|reply|label)\s*[:=-]\s*", "", lines[0].strip(), flags=re.IGNORECASE)
-    found = {_LABEL_WORDS[token] for token in re.findall(r"(?<![\w.])(1|0|yes|no)(?![\w]|\.\d)", text.lower())}
+    found = {_LABEL_WORDS[token] for token in re.findall(r"(?<![\w.+-])(1|0|yes|no)(?![\w]|\.\d)", text.lower())}
     return found.pop() if len(found) == 1 else None
 
 
