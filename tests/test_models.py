@@ -5,16 +5,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
 import transformers
 from torch import nn
 
-from steerlib.models import (LoadedModel, check_transformers, early_middle_last, find_blocks, find_final_norm,
+from steerlib.models import (LoadedModel, _converted_smollm2_folder, load_model, check_transformers, early_middle_last, find_blocks, find_final_norm,
                              find_parts, find_unembedding, residual_norm_profile)
 from steerlib.steering import block_hidden
+from damage import damage
 from float32 import assert_float32_close
+from steerlib.store import folder_problem
 
 VOCABULARY = 64
 FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma3", "gemma3-multimodal")
@@ -187,3 +194,59 @@ def test_residual_norm_profile_matches_the_hidden_states():
     assert profile["first"][layer] == pytest.approx(float(sum(n[0] for n in norms)) / 2, rel=1e-5)
     assert profile["others"][layer] == pytest.approx(float(torch.cat([n[1:] for n in norms]).mean()), rel=1e-5)
     assert profile["first"].shape == (lm.n_layers,)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_offers_device_none():
+    with pytest.raises(ValueError, match="CUDA is not available here.*pass device=None"):
+        load_model(device="cuda")
+
+
+def test_a_folder_without_a_model_names_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match=f"no such folder: {tmp_path / 'nowhere'}"):
+        load_model(str(tmp_path / "nowhere"))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"has no weights \(model.safetensors.*no tokenizer files"):
+        load_model(str(tmp_path))
+    model_class, config = _config("llama")
+    model_class(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="has no tokenizer files") as raised:
+        load_model(str(tmp_path))
+    assert "weights" not in str(raised.value)
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="the hub cannot be reached from here, and it is not in the local hub cache"):
+        load_model("some-org/some-model")
+    assert time.perf_counter() - start < 20
+
+
+_LOAD = """
+import torch
+from steerlib.models import load_model
+lm = load_model()
+ids = lm.tokenizer("The cat sat on the", return_tensors="pt")["input_ids"]
+with torch.no_grad():
+    print(repr(lm.model(input_ids=ids).logits[0, -1].double().sum().item()))
+"""
+
+
+def test_three_processes_converting_the_embedded_model_at_once_all_succeed(tmp_path, monkeypatch):
+    """An empty cache and three processes loading the embedded model together: the conversion happens once, under
+    a lock, and all three read the same logits. Then a damaged copy is set aside and made again."""
+    environment = dict(os.environ, STEERLIB_CACHE=str(tmp_path))
+    runs = [subprocess.Popen([sys.executable, "-c", _LOAD], env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert folder_problem(folder) is None
+    damage(folder / "model.safetensors", "truncated")
+    monkeypatch.setenv("STEERLIB_CACHE", str(tmp_path))
+    with pytest.warns(UserWarning, match="not a usable copy of the embedded model .model.safetensors was altered"):
+        assert _converted_smollm2_folder() == folder
+    assert folder_problem(folder) is None and len(list(tmp_path.glob("*.unusable"))) == 1

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from damage import DAMAGE, damage
 from steerlib.corpora import split_sentences
 from steerlib.models import load_model
 from steerlib.tinygpt import (TinyGPTConfig, is_lowercase_word, is_uppercase_word, load_or_train, load_tiny_gpt,
@@ -74,6 +75,21 @@ def test_load_or_train_loads_and_refuses_another_configuration(trained, tmp_path
     assert log == trained[1]
     with pytest.raises(ValueError, match="steps"):
         load_or_train(dataclasses.replace(TINY, steps=41), tmp_path / "tiny")
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_checkpoint_is_set_aside_and_trained_again(trained, tmp_path, monkeypatch, how):
+    from steerlib import tinygpt
+    from steerlib.tinygpt import save_tiny_gpt
+
+    save_tiny_gpt(*trained, tmp_path / "tiny")
+    damage(tmp_path / "tiny" / "model.safetensors", how)
+    monkeypatch.setattr(tinygpt, "train_tiny_gpt", lambda *a, **k: trained)
+    with pytest.warns(UserWarning, match="not a usable 1-layer GPT checkpoint .model.safetensors was altered"):
+        lm, log = load_or_train(TINY, tmp_path / "tiny", use_shipped=False)
+    assert log == trained[1] and len(list(tmp_path.glob("tiny.*.unusable"))) == 1
+    _, reloaded = load_tiny_gpt(tmp_path / "tiny")
+    assert reloaded == trained[1]
 
 
 def test_config_rejects_bad_values():

