@@ -14,7 +14,11 @@ Measured, for all-position steering at the middle layer and for last-token steer
 - the largest ``|difference|`` of next-token probabilities between the two methods;
 - the FLOP ratio straightforward / lower bound, where the lower bound counts only what must be computed:
   blocks ``0..ℓ`` once on the prompt, blocks ``ℓ+1..L-1`` on the α-batch (one position each for last-token
-  steering), the unembedding of the last position. The measured speed-up is compared with it.
+  steering), the unembedding of the last position. The measured speed-up is compared with it;
+- agreement in half precision: with the model loaded in fp16 and in bf16, the largest total variation between
+  steerlib's next-token distribution and the model's own forward in that dtype under :func:`steer`, over the α
+  of the grid (every 16th, and ±10⁴ where fp16 overflows) where the model's own forward stays finite; how many α overflow it (fp16); and the
+  largest total variation of steerlib's half-precision rows from fp32, those rows included.
 
 With ``--first-position`` it instead measures how the first position (SmolLM2's massive activation) affects
 ``‖v‖`` at every layer, including it in the token means or not.
@@ -172,6 +176,41 @@ def benchmark(n_alphas: int, repetitions: int, threads: int) -> dict:
             "max_abs_probability_difference": float((probabilities[slow] - probabilities[fast]).abs().max()),
             "times_straightforward_s": times[slow], "times_steerlib_s": times[fast],
         }
+    grid = torch.linspace(-200, 200, n_alphas)[::16]
+    report["half_precision"] = half_precision_agreement(vector, ids, torch.cat([grid, torch.tensor([-1e4, 1e4])]))
+    return report
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (p - q).abs().sum(dim=-1)
+
+
+def half_precision_agreement(vector: SteeringVector, ids: torch.Tensor, alphas: torch.Tensor) -> dict:
+    """Per dtype and steering mode: steerlib against the model's own forward in that dtype, and against fp32."""
+    reference = load_model(dtype=torch.float32)
+    report = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        lm = load_model(dtype=dtype)
+        for positions in ("all", "last"):
+            fp32 = ours(reference, vector, ids, alphas, positions)
+            steered = ours(lm, vector, ids, alphas, positions)
+            own_rows, finite = [], []
+            for alpha in alphas.tolist():
+                try:
+                    own_rows.append(straightforward(lm, vector, ids, [alpha], positions)[0])
+                    finite.append(bool(torch.isfinite(own_rows[-1]).all()))
+                except ValueError:  # the model's own fp16 residual stream overflows: steer() refuses
+                    own_rows.append(torch.full_like(steered[0], float("nan")))
+                    finite.append(False)
+            finite = torch.tensor(finite)
+            own = torch.stack(own_rows)
+            report[f"{str(dtype).replace('torch.', '')}-{positions}"] = {
+                "max_tv_to_own_forward": float(total_variation(steered[finite], own[finite]).max()),
+                "alphas_where_own_forward_overflows": int((~finite).sum()),
+                "max_tv_to_fp32": float(total_variation(steered, fp32).max()),
+                "own_forward_max_tv_to_fp32": float(total_variation(own[finite], fp32[finite]).max()),
+                "all_finite": bool(torch.isfinite(steered).all()),
+            }
     return report
 
 
@@ -231,6 +270,11 @@ def main() -> None:
               f"speed-up {row['speedup']:.1f}x (FLOP bound {row['flop_ratio_bound']:.1f}x); peak extra memory "
               f"{row['straightforward_peak_mib']:.0f} MiB vs {row['steerlib_peak_mib']:.0f} MiB; "
               f"max |Δprob| {row['max_abs_probability_difference']:.2e}")
+    print("half precision, steerlib against the model's own forward in that dtype (α where it is finite) and fp32:")
+    for name, row in report["half_precision"].items():
+        print(f"{name:>13}: max TV to own forward {row['max_tv_to_own_forward']:.2e}, own forward overflows at "
+              f"{row['alphas_where_own_forward_overflows']} α; max TV to fp32 {row['max_tv_to_fp32']:.2e} "
+              f"(own forward {row['own_forward_max_tv_to_fp32']:.2e}); all finite: {row['all_finite']}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from steerlib.experiments.concept_probability import (ConceptParameters, ConceptSweep, load_or_run,
-                                                      sample_steered_completions)
+from steerlib.experiments.concept_probability import (ConceptParameters, ConceptSweep, judge_completions,
+                                                      load_or_run, sample_steered_completions)
 from steerlib.judge import INVALID, JudgeResult
 
 
@@ -69,3 +70,18 @@ def test_load_or_run_reuses(tiny_chat_lm, tmp_path):
     load_or_run(tiny_chat_lm, v, judge, ConceptParameters(["I think"], [-1.0, 1.0], **kwargs), tmp_path,
                 progress=False)
     assert calls == [6, 4]
+
+
+def test_labels_a_judge_cannot_give_are_refused():
+    """A custom judge returning 2 would make a concept probability of 2; one label short would misalign texts."""
+    completions = [[["a", "bb"]], [["ccc", "d"]]]
+
+    def judge(labels):
+        return lambda texts, concept: JudgeResult(labels=np.array(labels), margins=np.zeros(len(labels)))
+
+    labels, _ = judge_completions(judge([1, 0, INVALID, 1]), completions, "joy")
+    assert labels.shape == (2, 1, 2) and labels[1, 0, 0] == INVALID
+    with pytest.raises(ValueError, match=r"labels \[2\]: labels must be 1 .concept present., 0 .absent. or"):
+        judge_completions(judge([1, 0, 2, 1]), completions, "joy")
+    with pytest.raises(ValueError, match="one label and one margin per text"):
+        judge_completions(judge([1, 0, 1]), completions, "joy")

@@ -333,17 +333,16 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     crashing = CountingForward(fail_after=7)
     monkeypatch.setattr(mmlu, "steered_next_token_log_probs", crashing)
     with pytest.raises(KeyboardInterrupt):
-        load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, save_every=3,
-                             progress=False)
+        load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, progress=False)
     (path,) = tmp_path.glob("mmlu-*.npz")
     partial = MMLUSweep.load(path)
-    assert partial.n_done == 6 and not partial.complete
+    assert partial.n_done == 4 and not partial.complete  # saved every 4 questions by default: 3 of 7 lost
     assert saved_results(tmp_path, "mmlu-*.npz") == []  # partial runs are not results
     counter = CountingForward()
     monkeypatch.setattr(mmlu, "steered_next_token_log_probs", counter)
-    resumed = load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path, save_every=3,
-                                   progress=False)
-    assert counter.calls == 4
+    resumed = load_or_run(lm, direction(lm), questions, MMLUParameters(ALPHAS, layer=LAYER), tmp_path,
+                          progress=False)
+    assert counter.calls == len(questions) - 4
     np.testing.assert_array_equal(resumed.choices, reference.choices)
     assert_float32_close(resumed.letter_mass, reference.letter_mass, scale=1.0)
     assert [s.parameters["key"] for s in saved_results(tmp_path, "mmlu-*.npz")] == [resumed.parameters["key"]]

@@ -221,8 +221,10 @@ def total_variation(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_rows_equal_the_models_own_forward(family, dtype):
     """Wherever the model's own half-precision forward under :func:`steer` stays finite, the α-batched engine gives
-    the same next-token distribution (rounding of another batch shape aside), at α = 0 and beyond, early, middle
-    and last blocks, with a massive first-position activation in the residual stream."""
+    the same next-token distribution, at α = 0 and beyond, early, middle and last blocks, with a massive
+    first-position activation in the residual stream: steering all positions, to the rounding of another batch
+    shape; steering the last one, to the size of the dtype's own rounding (the prompt's prefix goes through a KV
+    cache once, as in ``generate``, so the sums are taken in another order; in fp32 the two agree to 1e-6)."""
     lm = massive_first_position(tiny_lm(family, dtype))
     v = direction(lm) * 50
     alphas = torch.tensor([0.0, 3.0, -20.0, 200.0])
@@ -231,7 +233,8 @@ def test_half_precision_rows_equal_the_models_own_forward(family, dtype):
             reference = hooked_full_forward(lm, PROMPT, v, alphas, layer, positions)[:, -1]
             assert torch.isfinite(reference).all()
             ours = steered_next_token_log_probs(lm, PROMPT, v, alphas, layer=layer, positions=positions)
-            assert total_variation(ours, reference).max() < 2e-2, (layer, positions)
+            tolerance = 1e-3 if positions == "all" else 2e-2
+            assert total_variation(ours, reference).max() < tolerance, (layer, positions)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])

@@ -23,12 +23,14 @@ too.
 
 Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32; every block runs in the model's dtype, on
 exactly the arguments of the model's own forward, so each α-batch row equals the model's own forward under
-:func:`steer` (up to the rounding of a different batch shape), fp16 included. In fp16 a large ``α`` overflows the
-residual stream (fp16 stops at 65504), as it does in the model's own forward: those rows, and only those, are
-computed again through the later blocks in float32 (a float32 copy of one block at a time, so memory grows by
-one block), which gives finite values close to a float32 model; before the final norm their residual stream is
-divided, position by position, by what brings it back into fp16's range (the norm does not see a positive
-scale). fp32 and bf16 have the range of fp32 and never need this. The hook of :func:`steer` cannot redo the
+:func:`steer` (up to the rounding of a different batch shape), fp16 included. With ``positions="last"`` the
+prompt's prefix goes once through a KV cache, as in ``generate``: in half precision the sums are then taken in
+another order, and the rows differ from a full forward by the dtype's own rounding. In fp16 a large ``α``
+overflows the residual stream (fp16 stops at 65504), as it does in the model's own forward: those rows, and only
+those, are computed again through the later blocks in float32 (a float32 copy of one block at a time, so memory
+grows by one block), which gives finite values close to a float32 model; before the final norm their residual
+stream is divided, position by position, by what brings it back into fp16's range (the norm does not see a
+positive scale). fp32 and bf16 have the range of fp32 and never need this. The hook of :func:`steer` cannot redo the
 model's own forward: it raises a ``ValueError`` instead of returning infinities.
 
 Example:
@@ -346,8 +348,8 @@ def steered_residuals(lm: LoadedModel, ids: torch.Tensor, v: torch.Tensor, layer
             for index in range(layer + 1, lm.n_layers):
                 u = _call_block(lm.blocks[index], calls[index], u,
                                 lambda value: _expand_over_alphas(value, batch, repeats), cache)
-            overflow = ~torch.isfinite(u).flatten(1).all(dim=1)
-            if lm.dtype == torch.float16 and bool(overflow.any()):
+            overflow = ~torch.isfinite(u).flatten(1).all(dim=1) if lm.dtype == torch.float16 else None
+            if overflow is not None and bool(overflow.any()):
                 rows = overflow.nonzero()[:, 0]
                 u = u.clone()
                 u[rows] = _into_float16_range(_later_blocks_in_float32(
