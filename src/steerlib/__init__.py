@@ -16,6 +16,7 @@ One module per idea (each docstring says which chapter teaches it):
 ``ufm``                the theory, exactly (numpy)
 ``tinygpt``            the 1-layer GPT of Fig. A.4: data, training, checkpoints
 ``plots``, ``checks``  figures and check tables
+``runs``               chapters over a grid of parameters (``steerlib-run``), resumable, on Dask if asked
 =====================  ===================================================================================
 
 The names below are importable from ``steerlib`` directly; modules load on first use, so ``from steerlib import
