@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,9 +87,9 @@ def test_a_run_killed_midway_and_started_again_loses_and_redoes_no_finished_job(
     stdout, stderr = restarted.communicate(timeout=300)
     assert restarted.returncode == 0, stderr
     assert f"4 jobs: {4 - len(finished_before)} done, {len(finished_before)} skipped" in stdout
-    started = log.read_text().split("\n")
+    started = log.read_text().splitlines()
     for seed in finished_before:
-        assert started.count(f"started {seed}") == 1  # not redone
+        assert sum(line.startswith(f"started {seed} ") for line in started) == 1  # not redone
     assert sorted(json.loads(p.read_text())["parameters"]["seed"] for p in out.glob("*/*/done.json")) == [0, 1, 2, 3]
 
 
@@ -117,24 +118,28 @@ def test_a_local_dask_cluster_runs_the_grid_and_survives_a_killed_worker(tmp_pat
         pids = client.run(os.getpid)
         assert len(pids) == 2
 
-        def kill_a_busy_worker():
+        killed = {}
+
+        def kill_a_worker_running_a_job():
+            """Wait for a job to start, then kill the worker process whose kernel it runs in."""
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                busy = [address for address, tasks in client.processing().items() if tasks]
-                if busy and log.exists() and "started" in log.read_text():
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    return
+            while time.monotonic() < deadline and not killed:
+                for line in log.read_text().splitlines() if log.exists() else []:
+                    words = line.split()
+                    if len(words) == 3 and words[0] == "started" and int(words[2]) in pids.values():
+                        os.kill(int(words[2]), signal.SIGKILL)
+                        killed["seed"] = int(words[1])
+                        return
                 time.sleep(0.05)
 
-        import threading
-
-        killer = threading.Thread(target=kill_a_busy_worker)
+        killer = threading.Thread(target=kill_a_worker_running_a_job)
         killer.start()
         outcomes = run_grid(jobs, out, progress=False, client=client)
         killer.join()
     finally:
         client.close()
     assert {name: len(done) for name, done in outcomes.items()} == {"done": 4}
-    started = log.read_text().split("\n")
-    assert sum(line.startswith("started") for line in started) >= 5  # the killed job started twice
+    started = log.read_text().splitlines()
+    assert "seed" in killed, "no worker was killed"
+    assert sum(line.startswith(f"started {killed['seed']} ") for line in started) == 2  # again, on a live worker
     assert sorted(json.loads(p.read_text())["parameters"]["seed"] for p in out.glob("*/*/done.json")) == [0, 1, 2, 3]
