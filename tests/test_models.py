@@ -250,3 +250,20 @@ def test_three_processes_converting_the_embedded_model_at_once_all_succeed(tmp_p
     with pytest.warns(UserWarning, match="not a usable copy of the embedded model .model.safetensors was altered"):
         assert _converted_smollm2_folder() == folder
     assert folder_problem(folder) is None and len(list(tmp_path.glob("*.unusable"))) == 1
+
+
+def test_device_map_and_quantization_reach_transformers_or_say_what_is_missing():
+    from steerlib.models import default_dtype
+    from steerlib.store import data_path
+
+    folder = str(data_path("tinygpt", "lee_background"))  # a small GPT-2 folder with its tokenizer
+    placed, moved = load_model(folder, device_map="cpu"), load_model(folder, device="cpu")
+    ids = moved.tokenizer("The fire burns", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(placed.model(ids).logits, moved.model(ids).logits)
+    assert default_dtype(torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="use '8bit', '4bit' or None"):
+        load_model(folder, quantization="3bit")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            load_model(folder, quantization="4bit")

@@ -249,11 +249,31 @@ def test_bad_prompt_set_requests_say_what_to_do(prompt_folder, tmp_path):
 def test_last_log_probs_match_the_model_and_give_the_log_odds(prompt_folder, tmp_path):
     lm = tiny_lm("llama")
     cached = prompt_set_activations(lm, "joy", "positive", 3, tmp_path, progress=False, prompt_folder=prompt_folder)
-    assert_float32_close(cached.last_log_probs, last_position_log_probs(lm, TEXTS["positive"][:3]))
+    assert cached.mean_last_log_probs.shape == (VOCABULARY,) and cached.mean_last_log_probs.dtype == np.float64
+    assert_float32_close(cached.mean_last_log_probs,
+                         last_position_log_probs(lm, TEXTS["positive"][:3]).double().mean(dim=0))
     expected = log_odds(lm, TEXTS["positive"][:3], TEXTS["negative_random"][:3])
     assert_float32_close(concept_log_odds(lm, "joy", "random", 3, tmp_path, progress=False,
                                           prompt_folder=prompt_folder), expected,
-                         scale=np.abs(cached.last_log_probs).max())
+                         scale=np.abs(cached.mean_last_log_probs).max())
+
+
+def test_texts_longer_than_the_context_are_cut_with_a_warning():
+    """The 1-layer GPT reads 64 positions: a longer text is cut to its first 64 tokens, and said so, rather than
+    failing inside torch with 'index out of range'. A steered prompt is never cut: it is refused."""
+    lm = copy.deepcopy(tiny_lm("gpt2"))
+    lm.model.config.n_positions = 16
+    long_text, short_text, short_negative = "x" * 40, "a joyful day", ["tables", "wood and metal"]
+    with pytest.warns(UserWarning, match="1 of 2 texts are longer than tiny-gpt2's context of 16 tokens .up to 40"):
+        means = steering_vectors(lm, [long_text, short_text], short_negative, "joy", "random", layers=[1],
+                                 progress=False)
+    assert torch.isfinite(means[1].vector).all()
+    cut = steering_vectors(lm, ["x" * 16, short_text], short_negative, "joy", "random", layers=[1], progress=False)
+    assert_float32_close(cut[1].vector, means[1].vector)  # only the first 16 tokens were read
+    from steerlib.steering import steered_next_token_log_probs
+
+    with pytest.raises(ValueError, match="the prompt has 40 tokens but tiny-gpt2 reads at most 16"):
+        steered_next_token_log_probs(lm, long_text, means[1], [0.0, 1.0])
 
 
 def test_both_first_position_policies_come_from_one_pass(prompt_folder, tmp_path):

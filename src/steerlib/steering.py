@@ -378,6 +378,9 @@ def _prompt_ids(lm: LoadedModel, prompt) -> torch.Tensor:
             ids = ids[None]
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
         raise ValueError(f"give one non-empty prompt (a string or 1-D token ids), got ids of shape {tuple(ids.shape)}.")
+    if lm.context_length is not None and ids.shape[1] > lm.context_length:
+        raise ValueError(f"the prompt has {ids.shape[1]} tokens but {lm.name} reads at most {lm.context_length}: "
+                         "shorten it.")
     return ids.to(lm.device)
 
 
