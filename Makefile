@@ -44,6 +44,7 @@ notebooks: install
 
 benchmark: install
 	$(BIN)/python benchmarks/sweeps.py
+	$(BIN)/python benchmarks/cross_entropy.py
 
 clean:
 	rm -rf _build

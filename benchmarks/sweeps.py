@@ -7,10 +7,8 @@ the last position only; for last-token steering it also caches the prompt's pref
 position through blocks ``ℓ+1..L-1``.
 
 Measured, for all-position steering at the middle layer and for last-token steering:
-- time and peak memory, each measurement in a fresh process (after loading the model and a 2-α warm-up),
-  repetitions interleaved across methods, medians reported (the machine is shared and noisy); peak memory
-  is the kernel's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before
-  the sweep) minus the resident set before it: the extra memory the sweep needed at its peak;
+- time and extra peak memory, each measurement in a fresh process after loading the model and a 2-α warm-up,
+  repetitions interleaved across methods, medians reported (``measure.py``);
 - the largest ``|difference|`` of next-token probabilities between the two methods;
 - the FLOP ratio straightforward / lower bound, where the lower bound counts only what must be computed:
   blocks ``0..ℓ`` once on the prompt, blocks ``ℓ+1..L-1`` on the α-batch (one position each for last-token
@@ -31,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from measure import MEMORY_METHOD, in_fresh_processes, timed_with_peak_memory
 from steerlib.models import load_model
 from steerlib.steering import steer, steered_next_token_log_probs
 from steerlib.vectors import SteeringVector, steering_vectors
@@ -115,29 +111,14 @@ def flop_counts(lm, layer: int, length: int, n_alphas: int) -> dict[str, float]:
     return {"straightforward": straightforward_flops, "bound-all": bound_all, "bound-last": bound_last}
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def probe(method: str, n_alphas: int, vector_path: str, probabilities_path: str | None, threads: int) -> dict:
-    """One measurement in a fresh process: wall time and extra peak resident memory of one sweep.
-
-    After loading and a 2-α warm-up (lazy initialisation), ``VmHWM`` is reset to the current resident set
-    through ``/proc/self/clear_refs``; the sweep's peak is ``VmHWM`` afterwards minus ``VmRSS`` before it.
-    """
+    """One measurement in a fresh process (``measure.py``): wall time and extra peak memory of one sweep, after
+    loading and a 2-α warm-up (lazy initialisation)."""
     torch.set_num_threads(threads)
     lm, layer, vector, ids = setup(vector_path)
     alphas = torch.linspace(-200, 200, n_alphas)
     run_method(method, lm, vector, ids, alphas[:2])
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    probabilities = run_method(method, lm, vector, ids, alphas)
-    seconds = time.perf_counter() - start
-    peak = (_status_kib("VmHWM") - before) / 1024
+    probabilities, seconds, peak = timed_with_peak_memory(lambda: run_method(method, lm, vector, ids, alphas))
     if probabilities_path is not None:
         torch.save(probabilities, probabilities_path)
     return {"method": method, "seconds": seconds, "peak_extra_mib": peak}
@@ -146,25 +127,16 @@ def probe(method: str, n_alphas: int, vector_path: str, probabilities_path: str 
 def benchmark(n_alphas: int, repetitions: int, threads: int) -> dict:
     lm, layer, vector, ids = setup()
     flops = flop_counts(lm, layer, ids.shape[1], n_alphas)
-    times = {method: [] for method in METHODS}
-    peaks = {method: [] for method in METHODS}
     with tempfile.TemporaryDirectory() as folder:
         vector_path = str(vector.save(Path(folder) / "vector.safetensors"))
-        for repetition in range(repetitions):  # interleaved: every method once per repetition
-            for method in METHODS:
-                command = [sys.executable, __file__, "--probe", method, "--n-alphas", str(n_alphas),
-                           "--vector", vector_path, "--threads", str(threads)]
-                if repetition == 0:
-                    command += ["--probabilities", str(Path(folder) / f"{method}.pt")]
-                result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True)
-                                    .stdout.strip().splitlines()[-1])
-                times[method].append(result["seconds"])
-                peaks[method].append(result["peak_extra_mib"])
+        arguments = [["--probe", method, "--n-alphas", str(n_alphas), "--vector", vector_path, "--threads",
+                      str(threads), "--probabilities", str(Path(folder) / f"{method}.pt")] for method in METHODS]
+        measured = dict(zip(METHODS, in_fresh_processes(__file__, arguments, repetitions)))
         probabilities = {method: torch.load(Path(folder) / f"{method}.pt") for method in METHODS}
+    times = {method: [m["seconds"] for m in measured[method]] for method in METHODS}
+    peaks = {method: [m["peak_extra_mib"] for m in measured[method]] for method in METHODS}
     report = {"model": lm.name, "layer": layer, "prompt_tokens": int(ids.shape[1]), "n_alphas": n_alphas,
-              "repetitions": repetitions, "threads": threads,
-              "memory_method": "peak RSS (VmHWM reset by /proc/self/clear_refs) minus RSS before the sweep, "
-                               "in a fresh process per measurement after a 2-alpha warm-up"}
+              "repetitions": repetitions, "threads": threads, "memory_method": MEMORY_METHOD}
     for positions in ("all", "last"):
         slow, fast = f"straightforward-{positions}", f"steerlib-{positions}"
         report[positions] = {

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from steerlib.runs import Job, collect, grid_jobs, main, read_grid, run_grid
@@ -101,6 +102,10 @@ def test_the_command_line_says_what_is_wrong_and_collects_to_a_file(tmp_path, ca
     output = capsys.readouterr().out
     assert "2 jobs: 2 done." in output and "2 check rows from 2 finished jobs, 1 not passed" in output
     assert len((tmp_path / "checks.csv").read_text().splitlines()) == 3
+    assert main([CHAPTER, "--set", "seed=0", "--out", str(tmp_path), "--collect", str(tmp_path / "checks.parquet")]) == 0
+    assert "check rows written to" in capsys.readouterr().out
+    table = pd.read_parquet(tmp_path / "checks.parquet")
+    assert list(table["measured"]) == [0.0, 3.0] and list(table["expected_text"]) == ["1", "1"]
     assert main([CHAPTER, "--set", "seed=0", "--out", str(tmp_path), "--dry-run"]) == 0
     assert capsys.readouterr().out.strip().startswith("done")
 

@@ -255,10 +255,15 @@ def cluster_client(scheduler: str):
     return Client(scheduler)
 
 
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
 def collect(out: str | os.PathLike):
     """One row per check row of every finished job under ``out``: the chapter, the job's parameters (one column
-    each; lists as JSON text), the table's title, claim, measured, relation, expected, passed, and the job's
-    seconds. A pandas ``DataFrame`` (empty when nothing has finished)."""
+    each; lists as JSON text), the table's title, the claim, ``measured`` and ``expected`` as numbers (NaN for a
+    word) and as text, the relation, ``passed``, and the job's seconds and folder. A pandas ``DataFrame`` with one
+    type per column (so it writes to parquet as well as CSV), empty when nothing has finished."""
     import pandas as pd
 
     rows = []
@@ -269,9 +274,10 @@ def collect(out: str | os.PathLike):
         for table in record["checks"]:
             for row in table["rows"]:
                 rows.append({"chapter": Path(record["chapter"]).stem, **parameters, "table": table["title"],
-                             "claim": row["claim"], "measured": row["measured"], "relation": row["relation"],
-                             "expected": row["expected"], "passed": row["passed"], "seconds": record["seconds"],
-                             "job": str(done.parent)})
+                             "claim": row["claim"], "measured": _number(row["measured"]),
+                             "measured_text": str(row["measured"]), "relation": row["relation"],
+                             "expected": _number(row["expected"]), "expected_text": str(row["expected"]),
+                             "passed": bool(row["passed"]), "seconds": record["seconds"], "job": str(done.parent)})
     return pd.DataFrame(rows)
 
 
