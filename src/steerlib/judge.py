@@ -267,6 +267,7 @@ class EmbeddingJudge:
     _model: object = field(default=None, repr=False)
     _tokenizer: object = field(default=None, repr=False)
     _anchors: dict = field(default_factory=dict, repr=False)
+    _neutral: object = field(default=None, repr=False)
 
     def _load(self):
         if self._model is None:
@@ -293,12 +294,12 @@ class EmbeddingJudge:
 
     def _anchor_embeddings(self, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The concept's descriptions and the neutral ones, embedded once and kept."""
+        if self._neutral is None:
+            self._neutral = self.embed(list(NEUTRAL_DESCRIPTIONS))
         if concept not in self._anchors:
             anchors = [concept, f"a text expressing {concept}", *CONCEPT_DESCRIPTIONS.get(concept, ())]
-            if "" not in self._anchors:
-                self._anchors[""] = self.embed(list(NEUTRAL_DESCRIPTIONS))
             self._anchors[concept] = self.embed(anchors)
-        return self._anchors[concept], self._anchors[""]
+        return self._anchors[concept], self._neutral
 
     def margins(self, texts: Sequence[str], concept: str) -> np.ndarray:
         positive, neutral = self._anchor_embeddings(concept.strip())

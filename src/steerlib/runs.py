@@ -65,13 +65,17 @@ def _as_ipynb(chapter: str | os.PathLike, folder: str | os.PathLike) -> Path:
     return path
 
 
-def chapter_parameters(chapter: str | os.PathLike) -> dict[str, dict]:
-    """The parameters a chapter declares (papermill's reading of its ``parameters`` cell): name -> type, default."""
+def _declared(notebook: Path) -> dict[str, dict]:
     import papermill
 
-    with tempfile.TemporaryDirectory() as folder:
-        found = papermill.inspect_notebook(str(_as_ipynb(chapter, folder)))
+    found = papermill.inspect_notebook(str(notebook))
     return {name: {"type": info["inferred_type_name"], "default": info["default"]} for name, info in found.items()}
+
+
+def chapter_parameters(chapter: str | os.PathLike) -> dict[str, dict]:
+    """The parameters a chapter declares (papermill's reading of its ``parameters`` cell): name -> type, default."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _declared(_as_ipynb(chapter, folder))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +158,8 @@ def run_job(job: Job, out: str | os.PathLike, kernel_name: str | None = None, pr
         if (folder / DONE).exists():
             return "skipped"
         (folder / JOB).write_text(json.dumps({"chapter": job.chapter, "parameters": job.values}, indent=1))
-        declared = chapter_parameters(job.chapter)
+        notebook = _as_ipynb(job.chapter, folder)
+        declared = _declared(notebook)
         parameters = dict(job.values)
         if "output_dir" in declared:
             parameters["output_dir"] = str((folder / "results").resolve())
@@ -164,7 +169,7 @@ def run_job(job: Job, out: str | os.PathLike, kernel_name: str | None = None, pr
         start = time.perf_counter()
         try:
             executed = papermill.execute_notebook(
-                str(_as_ipynb(job.chapter, folder)), str(folder / "executed.ipynb"), parameters=parameters,
+                str(notebook), str(folder / "executed.ipynb"), parameters=parameters,
                 kernel_name=kernel_name or "python3", progress_bar=progress, cwd=str(folder))
         except Exception as error:  # the job failed: say why and let the others run
             _write_json(folder / FAILED, {"error": f"{type(error).__name__}: {error}",
