@@ -16,7 +16,7 @@ import torch
 import transformers
 from torch import nn
 
-from steerlib.models import (LoadedModel, _converted_smollm2_folder, load_model, check_transformers, early_middle_last, find_blocks, find_final_norm,
+from steerlib.models import (LoadedModel, _converted_smollm2_folder, load_model, check_dtype, check_transformers, early_middle_last, find_blocks, find_final_norm,
                              find_parts, find_unembedding, residual_norm_profile)
 from steerlib.steering import block_hidden
 from damage import damage
@@ -169,10 +169,28 @@ def test_layers_are_checked_once_at_the_boundary():
     assert lm.check_layers(None) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="0..3"):
         lm.check_layers([4])
-    with pytest.raises(ValueError, match="early_middle_last"):
+    with pytest.raises(ValueError, match="list of block indices"):
         lm.check_layers("middle")
     with pytest.raises(ValueError, match="empty"):
         lm.check_layers([])
+
+
+def test_layers_by_name_and_the_chapter_default():
+    """The chapters' one form: indices and the names early/middle/last mixed; None is the chapter's default."""
+    lm = tiny_lm("llama")
+    assert lm.check_layers(["early", "middle", "last"]) == [0, 2, 3]
+    assert lm.check_layers(["middle", 1]) == [2, 1]
+    assert lm.check_layers(None, default=["last"]) == [3]
+    assert lm.check_layers([0], default=["last"]) == [0]
+    with pytest.raises(ValueError, match="0..3"):
+        lm.check_layers(["first"])
+
+
+def test_dtype_is_read_from_its_name():
+    assert check_dtype("bfloat16") is torch.bfloat16 and check_dtype("torch.float16") is torch.float16
+    assert check_dtype(None) is None and check_dtype(torch.float32) is torch.float32
+    with pytest.raises(ValueError, match="float32, bfloat16, float16"):
+        check_dtype("fp8")
 
 
 def test_early_middle_last_are_distinct_blocks():

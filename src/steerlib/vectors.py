@@ -455,7 +455,7 @@ def concept_vectors(
         setting: ``"random"`` or ``"contrastive"``.
         n_texts: ``|P| = |N|``.
         folder: cache folder of the activations.
-        layers: blocks to return: indices, ``"early_middle_last"``, or ``None`` for all.
+        layers: blocks to return: indices or ``"early"``/``"middle"``/``"last"``, or ``None`` for all.
         first_position: ``"exclude"`` (default) or ``"include"`` (module docstring).
         normalise: scale each vector to unit norm (App. A, Fig. A.1).
         progress: show progress bars when computing.
