@@ -51,3 +51,86 @@ def in_fresh_processes(script: str, arguments: list[list[str]], repetitions: int
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# --- what every benchmark script shares: --json, --save FOLDER, the machine that produced the numbers ---------------
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(device: str = "cpu", threads: int | None = None) -> dict:
+    """The machine a result came from: CPU model, cores, torch version, the device the models ran on, and a short
+    ``name`` (the GPU's name when they ran on one, else the CPU model) used in file names and by the book."""
+    import os
+    import platform
+    import re
+
+    import torch
+
+    device = str(device)
+    accelerator = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    name = accelerator or cpu_model()
+    return {
+        "name": name,
+        "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "machine",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "device": device,
+        "accelerator": accelerator,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def add_output_arguments(parser) -> None:
+    """``--json`` (print one JSON object) and ``--save FOLDER`` (write ``FOLDER/<workload>-<machine>.json``)."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the workload's report)")
+    parser.add_argument("--save", metavar="FOLDER",
+                        help="also write the report to FOLDER/<workload>-<machine>.json (e.g. data/benchmarks)")
+
+
+def save_report(report: dict, folder: str | Path) -> Path:
+    """Write ``report`` (with ``workload`` and ``machine``) as ``folder/<workload>-<machine slug>.json``, atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{report['workload']}-{report['machine']['slug']}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n")
+    partial.replace(path)
+    return path
+
+
+def axis_sizes(default: dict, axes: dict) -> list[dict]:
+    """The default size, then each axis varied alone (the other parameters at their default), without repeats."""
+    seen, out = set(), []
+    for axis, values in axes.items():
+        for value in values:
+            size = dict(default, **{axis: value})
+            key = tuple(sorted(size.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append(size)
+    return out
+
+
+def summary(report: dict, default: dict) -> dict:
+    """Top-level ``speedup``, ``memory_ratio`` and ``flop_ratio_bound`` (those of the default size's row) and
+    ``max_difference`` (the largest over every row), added to ``report`` in place."""
+    rows = report["rows"]
+    main = next((row for row in rows if all(row.get(key) == value for key, value in default.items())), rows[0])
+    for key in ("speedup", "memory_ratio", "flop_ratio_bound"):
+        report[key] = main.get(key)
+    report["max_difference"] = max(row["max_difference"] for row in rows)
+    report["default_size"] = default
+    return report
