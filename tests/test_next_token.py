@@ -100,3 +100,5 @@ def test_resampled_sweeps_mean_and_std():
     curves = np.stack([np.stack([sweep.curve(3), sweep.curve(4)], axis=1) for sweep in sweeps])
     np.testing.assert_allclose(mean, curves.mean(axis=0), atol=1e-12)
     assert std.max() > 0
+    one_at_a_time = resampled_sweeps(lm, vectors, NextTokenParameters(PROMPT, [-20, 20]), [3, 4], alphas_per_forward=1)
+    assert_float32_close(one_at_a_time[1], mean, scale=1.0)  # Δp: differences of probabilities

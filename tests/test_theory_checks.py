@@ -1,5 +1,6 @@
 """Measured curves held against Th. 3.3: curve shapes, target tokens by log-odds sign, bump share, peak order,
-and the token-by-token agreement on exact exponential tilting (a perfectly trained UFM)."""
+the token-by-token agreement on exact exponential tilting (a perfectly trained UFM), and the per-block words of
+the chapters' prose."""
 
 import dataclasses
 
@@ -9,8 +10,9 @@ import pytest
 from steerlib import ufm
 from steerlib.experiments.next_token import NextTokenSweep
 from steerlib.tinygpt import is_lowercase_word, is_uppercase_word
-from steerlib.theory_checks import (CurveShape, bump_share, classify_curve, is_target_token, log_odds_ranks,
-                                    peak_order, theorem_3_3_agreement)
+from steerlib.theory_checks import (CurveShape, block_words, bump_share, classify_curve, is_target_token,
+                                    log_odds_ranks, majority_words, peak_order, per_block_words,
+                                    theorem_3_3_agreement)
 
 # token ids 0..5; M > 0 for tokens 0, 1, 2 (targets), M <= 0 for 3, 4, 5
 LOG_ODDS = np.array([2.0, 1.0, 0.5, -0.1, -1.0, 0.0])
@@ -132,3 +134,17 @@ def test_agreement_counts_disagreements_and_needs_the_whole_vocabulary():
     short = dataclasses.replace(sweep, token_ids=sweep.token_ids[:3], p0=p0[:3], delta_p=sweep.delta_p[:, :3])
     with pytest.raises(ValueError, match="keep_tokens=None"):
         theorem_3_3_agreement([short], M, *UPPERCASE)
+
+
+def test_per_block_prose_for_one_block_or_many():
+    assert block_words([15]) == "block 15" and block_words([6, 15, 29]) == "blocks 6, 15 and 29"
+    assert per_block_words({15: 0.4167}) == "42% at block 15"
+    assert per_block_words({6: 0.583, 15: 0.417, 29: 0.458}) == "58% at block 6, 42% at block 15 and 46% at block 29"
+    assert per_block_words({6: 242.0, 15: 12.4}, "{:.0f}") == "242 at block 6 and 12 at block 15"
+    assert majority_words({15: 0.75}) == "more than half at block 15"
+    assert majority_words({15: 0.5}) == "not more than half at block 15"
+    assert majority_words({6: 0.6, 15: 0.9}) == "more than half at every block"
+    assert majority_words({6: 0.6, 15: 0.4, 29: 0.7}) == "more than half at blocks 6 and 29 only"
+    assert majority_words({6: 0.1, 15: 0.4}) == "not more than half at any block"
+    with pytest.raises(ValueError, match="no blocks"):
+        per_block_words({})

@@ -16,12 +16,15 @@ and :func:`theorem_3_3_agreement` holds each prediction against the curves token
 Example:
     >>> shapes = classify(sweep, sweep.token_ids, alpha_range=half_line("max"))
     >>> bump_share(shapes), peak_order(shapes, M, alpha_end=sweep.alphas.max()).share_ordered
+
+The chapters steer any list of blocks; :func:`per_block_words` and :func:`majority_words` put per-block numbers and
+verdicts into their prose (myst-nb glue), so a sentence stays true for one block or many.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -370,3 +373,37 @@ def theorem_3_3_agreement(sweeps: list, log_odds: np.ndarray, in_target: Callabl
     agreements[f"{names[1]} tokens have M <= 0 (whole vocabulary)"] = (int((log_odds[lower] <= 0).sum()),
                                                                       int(lower.sum()))
     return Theorem33Agreement(verdicts, agreements, top_upper / top_total if top_total else float("nan"))
+
+
+def block_words(blocks: Sequence[int]) -> str:
+    """Blocks named in prose: ``"block 6"``, ``"blocks 6 and 15"``, ``"blocks 6, 15 and 29"``."""
+    names = [str(int(b)) for b in blocks]
+    if not names:
+        raise ValueError("no blocks to name")
+    if len(names) == 1:
+        return f"block {names[0]}"
+    return f"blocks {', '.join(names[:-1])} and {names[-1]}"
+
+
+def per_block_words(values: Mapping[int, float], fmt: str = "{:.0%}") -> str:
+    """One number per block in prose: ``"58% at block 6, 42% at block 15 and 46% at block 29"`` (``"58% at block
+    6"`` for one block), each value written with ``fmt``."""
+    phrases = [f"{fmt.format(value)} at block {int(block)}" for block, value in values.items()]
+    if not phrases:
+        raise ValueError("no blocks to describe")
+    return phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
+
+
+def majority_words(shares: Mapping[int, float]) -> str:
+    """Where per-block shares exceed one half, in prose: ``"more than half at every block"``, ``"more than half at
+    block 6 only"``, ``"not more than half at any block"``; for one block ``"(not) more than half at block 15"``."""
+    if not shares:
+        raise ValueError("no blocks to describe")
+    above = [block for block, share in shares.items() if share > 0.5]
+    if len(shares) == 1:
+        return f"{'' if above else 'not '}more than half at {block_words(list(shares))}"
+    if len(above) == len(shares):
+        return "more than half at every block"
+    if not above:
+        return "not more than half at any block"
+    return f"more than half at {block_words(above)} only"

@@ -213,13 +213,15 @@ def load_or_run_concept(lm: LoadedModel, concept: str, setting: str, n_texts: in
 
 
 def resampled_sweeps(lm: LoadedModel, vectors: Sequence[SteeringVector], params: NextTokenParameters,
-                     token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     token_ids: Sequence[int], alphas_per_forward: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and std of ``Δp(z, α)`` over resampled vectors (App. A error bars), for fixed ``token_ids``.
 
     Args:
         vectors: e.g. one layer of each :func:`steerlib.vectors.bootstrap_vectors` resampling.
         params: the sweep (its ``token_ids`` are replaced by ``token_ids``).
         token_ids: the tokens whose curves are compared (e.g. the top tokens of the full-data sweep).
+        alphas_per_forward: α values per forward pass (default all; does not change the result).
 
     Returns:
         ``(alphas, mean, std)`` with ``mean`` and ``std`` of shape ``(len(alphas), len(token_ids))``.
@@ -229,7 +231,7 @@ def resampled_sweeps(lm: LoadedModel, vectors: Sequence[SteeringVector], params:
     params = replace(params, token_ids=tuple(int(t) for t in token_ids))
     curves = []
     for vector in vectors:
-        sweep = run(lm, vector, params)
+        sweep = run(lm, vector, params, alphas_per_forward)
         curves.append(np.stack([sweep.curve(int(t)) for t in token_ids], axis=1))
     stacked = np.stack(curves)
     return sweep.alphas, stacked.mean(axis=0), stacked.std(axis=0)
