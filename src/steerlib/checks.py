@@ -36,8 +36,10 @@ from __future__ import annotations
 import html
 import math
 import operator
+import os
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 
@@ -252,6 +254,87 @@ def compare_records(stored: dict, fresh: dict) -> list[str]:
                 differences.append(f"{where}: {key} stored {old.get(key)!r}, now {new.get(key)!r} "
                                    f"(allowed: atol {new['atol']:g} + rtol {new['rtol']:g}·|stored|)")
     return differences
+
+
+def notebook_records(notebook) -> list[dict]:
+    """The check records (:meth:`CheckTable.record`) in an executed notebook's outputs, in cell order."""
+    return [output["data"][RECORD_MIME] for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if RECORD_MIME in output.get("data", {})]
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else float("nan")
+
+
+def record_rows(record: dict) -> list[dict]:
+    """One flat row per check of a record: the table's title, the claim, ``measured`` and ``expected`` as numbers
+    (NaN for words) and as text, the relation, ``passed``; the form of every table of checks the book gathers."""
+    return [{"table": record["title"], "claim": row["claim"], "measured": _number(row["measured"]),
+             "measured_text": str(row["measured"]), "relation": row["relation"],
+             "expected": _number(row["expected"]), "expected_text": str(row["expected"]),
+             "passed": bool(row["passed"])} for row in record["rows"]]
+
+
+def book_checks(root: str | os.PathLike):
+    """Every check row of every chapter of the book at ``root``, read from the executed reference notebooks that
+    the regression reproduces (``<chapter>.ipynb`` beside each source listed in ``_toc.yml``): a pandas
+    ``DataFrame`` with the chapter's file (``book/llm/mmlu``), its part and title, then :func:`record_rows`'s
+    columns. A chapter without checks has no row."""
+    import nbformat
+    import pandas as pd
+    import yaml
+
+    root = Path(root)
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    rows = []
+    for part in toc.get("parts", []):
+        for entry in part.get("chapters", []):
+            reference = root / f"{entry['file']}.ipynb"
+            if not reference.exists():
+                continue
+            notebook = nbformat.read(reference, as_version=4)
+            title = next((line.lstrip("# ").strip() for cell in notebook.cells if cell.cell_type == "markdown"
+                          for line in cell.source.splitlines() if line.startswith("# ")), entry["file"])
+            rows += [{"chapter": entry["file"], "part": part.get("caption", ""), "title": title, **row}
+                     for record in notebook_records(notebook) for row in record_rows(record)]
+    return pd.DataFrame(rows)
+
+
+def scoreboard_html(board, page: str) -> str:
+    """:func:`book_checks`'s rows as HTML for the page ``page`` (its file without suffix, e.g.
+    ``"book/beyond/scoreboard"``): one summary row per chapter (linked; checks held out of all; the claims that
+    did not hold), then each chapter's rows in a folded block, failed rows tinted as in :class:`CheckTable`."""
+    import posixpath
+
+    cell = "padding:0.25em 0.6em;border-bottom:1px solid #ddd;vertical-align:top;"
+    summary, details = [], []
+    for chapter, rows in board.groupby("chapter", sort=False):
+        link = posixpath.relpath(chapter, posixpath.dirname(page)) + ".html"
+        title = html.escape(rows["title"].iloc[0])
+        held, failed = int(rows["passed"].sum()), rows[~rows["passed"]]
+        misses = "<br>".join(html.escape(claim) for claim in failed["claim"]) or "—"
+        summary.append(f'<tr><td style="{cell}">{html.escape(rows["part"].iloc[0])}</td>'
+                       f'<td style="{cell}"><a href="{link}">{title}</a></td>'
+                       f'<td style="{cell}text-align:right;white-space:nowrap;">{held} / {len(rows)}</td>'
+                       f'<td style="{cell}overflow-wrap:anywhere;">{misses}</td></tr>')
+        body = "".join(
+            f'<tr style="{"" if row.passed else "background:#fde2e1;"}">'
+            f'<td style="{cell}overflow-wrap:anywhere;">{html.escape(row.claim)}</td>'
+            f'<td style="{cell}text-align:right;white-space:nowrap;">'
+            f'{html.escape(format_number(row.measured if row.measured == row.measured else row.measured_text))}</td>'
+            f'<td style="{cell}overflow-wrap:anywhere;">{html.escape(row.relation)} '
+            f'{html.escape(format_number(row.expected if row.expected == row.expected else row.expected_text))}</td>'
+            f'<td style="{cell}text-align:center;">{"yes" if row.passed else "<strong>NO</strong>"}</td></tr>'
+            for row in rows.itertuples())
+        details.append(f'<details><summary><a href="{link}">{title}</a>: {held} of {len(rows)} checks hold'
+                       f'</summary><table style="width:100%;border-collapse:collapse;font-size:0.9em;">'
+                       f'<thead><tr><th style="{cell}text-align:left;">claim</th><th style="{cell}">measured</th>'
+                       f'<th style="{cell}text-align:left;">expected</th><th style="{cell}">holds</th></tr></thead>'
+                       f'<tbody>{body}</tbody></table></details>')
+    head = "".join(f'<th style="{cell}text-align:left;">{name}</th>'
+                   for name in ("part", "chapter", "checks that hold", "claims that do not hold"))
+    return (f'<table class="steerlib-scoreboard" style="width:100%;border-collapse:collapse;font-size:0.9em;">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(summary)}</tbody></table>' + "".join(details))
 
 
 def glue_all(**values) -> None:

@@ -42,7 +42,7 @@ from typing import Mapping, Sequence
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from steerlib.checks import RECORD_MIME
+from steerlib.checks import notebook_records, record_rows
 from steerlib.store import atomic_write, check_writable, content_key
 
 DONE, FAILED, JOB = "done.json", "failed.json", "job.json"
@@ -133,11 +133,6 @@ def read_grid(path: str | os.PathLike) -> tuple[list[str], dict[str, list]]:
     return [str(path.parent / chapter) for chapter in spec["chapters"]], dict(spec.get("grid") or {})
 
 
-def _check_records(notebook) -> list[dict]:
-    return [output["data"][RECORD_MIME] for cell in notebook.cells if cell.cell_type == "code"
-            for output in cell.get("outputs", []) if RECORD_MIME in output.get("data", {})]
-
-
 def _write_json(path: Path, value: dict) -> None:
     text = json.dumps(value, indent=1)
     atomic_write(path, lambda tmp: tmp.write_text(text))
@@ -177,7 +172,7 @@ def run_job(job: Job, out: str | os.PathLike, kernel_name: str | None = None, pr
             return "failed"
         (folder / FAILED).unlink(missing_ok=True)
         record = {"chapter": job.chapter, "parameters": job.values, "seconds": time.perf_counter() - start,
-                  "checks": _check_records(executed)}
+                  "checks": notebook_records(executed)}
         _write_json(folder / DONE, record)
         return "done"
     finally:
@@ -260,10 +255,6 @@ def cluster_client(scheduler: str):
     return Client(scheduler)
 
 
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
-
-
 def collect(out: str | os.PathLike):
     """One row per check row of every finished job under ``out``: the chapter, the job's parameters (one column
     each; lists as JSON text), the table's title, the claim, ``measured`` and ``expected`` as numbers (NaN for a
@@ -276,13 +267,8 @@ def collect(out: str | os.PathLike):
         record = json.loads(done.read_text())
         parameters = {name: json.dumps(value) if isinstance(value, (list, dict)) else value
                       for name, value in record["parameters"].items()}
-        for table in record["checks"]:
-            for row in table["rows"]:
-                rows.append({"chapter": Path(record["chapter"]).stem, **parameters, "table": table["title"],
-                             "claim": row["claim"], "measured": _number(row["measured"]),
-                             "measured_text": str(row["measured"]), "relation": row["relation"],
-                             "expected": _number(row["expected"]), "expected_text": str(row["expected"]),
-                             "passed": bool(row["passed"]), "seconds": record["seconds"], "job": str(done.parent)})
+        rows += [{"chapter": Path(record["chapter"]).stem, **parameters, **row, "seconds": record["seconds"],
+                  "job": str(done.parent)} for table in record["checks"] for row in record_rows(table)]
     return pd.DataFrame(rows)
 
 
