@@ -25,6 +25,10 @@ def test_large_alpha_sweep_converges_to_the_limit_on_a_tiny_model(tmp_path):
     assert np.array_equal(loaded.kl, sweep.kl) and loaded.parameters == sweep.parameters
     assert list(sweep.ce_alphas) == [-1e6, 0.0, 1e6]
     np.testing.assert_allclose(sweep.delta_ce[[-1, 0]], sweep.plateau, rtol=1e-3)
+    assert sweep.kl_slopes(tail=2).shape == (2, 3)
+    split = run(lm, {1: v, 2: v, 3: v}, params, progress=False, alphas_per_forward=3)
+    np.testing.assert_allclose(split.kl, sweep.kl, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(split.ce, sweep.ce, rtol=1e-5)
     with pytest.raises(ValueError, match="two prompts"):
         LargeAlphaParameters(["only one"], [1.0])
     with pytest.raises(ValueError, match="ce_layer"):

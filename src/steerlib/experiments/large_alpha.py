@@ -10,8 +10,9 @@ next-token distribution forgets the prompt, and the cross-entropy of the steered
 of ``σ(LN(±v)Wᵀ)`` on the same tokens.
 
 Example:
-    >>> params = LargeAlphaParameters(prompts=load_eval_prompts()[:4], alphas=np.logspace(0, 5, 11),
-    ...                               ce_layer=15, ce_alphas=np.logspace(0, 6, 13))
+    >>> grid, ce_grid = symmetric_alpha_grid(1e5, 11, "log", 1.0), symmetric_alpha_grid(1e6, 13, "log", 1.0)
+    >>> params = LargeAlphaParameters(prompts=load_eval_prompts()[:4], alphas=grid[grid > 0],
+    ...                               ce_layer=15, ce_alphas=ce_grid[ce_grid > 0])
     >>> sweep = load_or_run(lm, vectors, params, "results/large_alpha")   # vectors: {layer: SteeringVector}
     >>> sweep.mean_kl()[:, :, -1]                                          # KL at the largest |α|
 """
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steerlib.models import LoadedModel, check_texts
-from steerlib.stats import kl_divergence, max_pairwise_distance
+from steerlib.stats import kl_divergence, loglog_slope, max_pairwise_distance
 from steerlib.steering import (check_positions, limit_logits, limit_target_log_probs, resolve_vector,
                                steered_next_token_log_probs, steered_target_log_probs)
 from steerlib.store import Result, content_key, load_or_compute
@@ -103,6 +104,12 @@ class LargeAlphaSweep(Result):
         """KL averaged over prompts, shape ``(2, L, A)``."""
         return self.kl.mean(axis=2)
 
+    def kl_slopes(self, tail: int = 3) -> np.ndarray:
+        """Log-log slopes of :meth:`mean_kl` over the ``tail`` largest ``|α|`` (``-2`` expected), shape ``(2, L)``."""
+        mean_kl = self.mean_kl()
+        return np.array([[loglog_slope(self.alphas, mean_kl[si, li], tail) for li in range(len(self.layers))]
+                         for si in range(2)])
+
     @property
     def delta_ce(self) -> np.ndarray:
         """``ΔCE(α) = CE(α) - CE(0)`` on :attr:`ce_alphas`."""
@@ -122,12 +129,14 @@ def _text_ids(lm: LoadedModel, text: str) -> torch.Tensor:
 
 
 def texts_cross_entropy(lm: LoadedModel, texts: Sequence[str], vector, alphas: Sequence[float],
-                        layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        layer: int | None = None,
+                        alphas_per_forward: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``CE(α)`` of ``texts`` with ``α v`` added at every position, and the plateaus ``CE(±∞)`` (Prop. 4.1).
 
     ``CE(α) = -(1/#tokens) Σ_texts Σ_t log σ_{z_{t+1}}(y_t(α))`` over every predicted token of every text (the
     LLM counterpart of Def. 3.7's ``CE(f_α)``), from :func:`steerlib.steering.steered_target_log_probs`, one text
-    at a time (no padding); ``CE(±∞)`` scores the same tokens with ``σ(LN(±v)Wᵀ)``.
+    at a time (no padding); ``CE(±∞)`` scores the same tokens with ``σ(LN(±v)Wᵀ)``. ``alphas_per_forward`` α values
+    go through the later blocks at once (default all).
 
     Returns:
         ``(ce, limit_ce)`` of shapes ``(len(alphas),)`` and ``(2,)`` (``[+, -]``).
@@ -136,7 +145,7 @@ def texts_cross_entropy(lm: LoadedModel, texts: Sequence[str], vector, alphas: S
     total, limit_total, count = np.zeros(len(alphas)), np.zeros(2), 0
     for text in check_texts(texts, "texts"):
         ids = _text_ids(lm, text)
-        log_probs = steered_target_log_probs(lm, ids, v, alphas, layer=layer)
+        log_probs = steered_target_log_probs(lm, ids, v, alphas, layer=layer, alphas_per_forward=alphas_per_forward)
         total -= log_probs.double().sum(dim=(1, 2)).cpu().numpy()
         for index, sign in enumerate(SIGNS):
             limit_total[index] -= float(limit_target_log_probs(lm, ids, v, sign).sum())
@@ -145,7 +154,7 @@ def texts_cross_entropy(lm: LoadedModel, texts: Sequence[str], vector, alphas: S
 
 
 def run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParameters,
-        progress: bool = True) -> LargeAlphaSweep:
+        progress: bool = True, alphas_per_forward: int | None = None) -> LargeAlphaSweep:
     """Measure how fast the steered next-token distribution reaches ``σ(LN(±v)Wᵀ)`` (Prop. 4.1).
 
     For every layer ``ℓ`` (with its own vector ``v^(ℓ)``), prompt and ``α = ±|α|``, computes the last-position
@@ -158,6 +167,8 @@ def run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParame
         vectors: layer -> steering vector (a ``SteeringVector`` or a 1-D tensor) for that layer.
         params: prompts, grids and positions (:class:`LargeAlphaParameters`).
         progress: show a progress bar over layers and prompts.
+        alphas_per_forward: α values per forward through the blocks after the steered one (default all at
+            once); lower it when memory is short.
     """
     if not vectors:
         raise ValueError("vectors is empty: give {layer: steering vector}")
@@ -179,7 +190,8 @@ def run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParame
         for pi, prompt in enumerate(prompts):
             alphas = np.concatenate([signed, [0.0]]) if li == 0 else signed
             log_probs = steered_next_token_log_probs(lm, prompt, v, alphas, layer=layer,
-                                                     positions=params.positions).cpu()
+                                                     positions=params.positions,
+                                                     alphas_per_forward=alphas_per_forward).cpu()
             if li == 0:
                 unsteered.append(log_probs[-1])
             per_prompt.append(log_probs[:2 * n_a])
@@ -193,7 +205,8 @@ def run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParame
     steps.close()
     ce_magnitudes = np.asarray(params.ce_alphas)
     ce_alphas = np.concatenate([-ce_magnitudes[::-1], [0.0], ce_magnitudes])
-    ce, limit_ce = (texts_cross_entropy(lm, prompts, vectors[params.ce_layer], ce_alphas, params.ce_layer)
+    ce, limit_ce = (texts_cross_entropy(lm, prompts, vectors[params.ce_layer], ce_alphas, params.ce_layer,
+                                        alphas_per_forward)
                     if ce_magnitudes.size else (np.zeros(1), np.full(2, np.nan)))
     parameters = {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "prompts": prompts,
                   "positions": params.positions, "ce_layer": params.ce_layer,
@@ -206,8 +219,10 @@ def run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParame
 
 
 def load_or_run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlphaParameters,
-                folder: str | os.PathLike, progress: bool = True) -> LargeAlphaSweep:
-    """:func:`run`, saved under ``folder`` as ``large-alpha-<key>.npz`` and read back when it exists."""
+                folder: str | os.PathLike, progress: bool = True,
+                alphas_per_forward: int | None = None) -> LargeAlphaSweep:
+    """:func:`run`, saved under ``folder`` as ``large-alpha-<key>.npz`` and read back when it exists
+    (``alphas_per_forward`` only splits the work: it is not part of the key)."""
     key = content_key(lm.name, str(lm.dtype), {str(k): vectors[k] for k in sorted(vectors)}, params)
-    return load_or_compute(Path(folder) / f"large-alpha-{key}.npz", lambda: run(lm, vectors, params, progress),
+    return load_or_compute(Path(folder) / f"large-alpha-{key}.npz", lambda: run(lm, vectors, params, progress, alphas_per_forward),
                            LargeAlphaSweep)
