@@ -134,3 +134,46 @@ def summary(report: dict, default: dict) -> dict:
     report["max_difference"] = max(row["max_difference"] for row in rows)
     report["default_size"] = default
     return report
+
+
+def timed_with_peak_memory_on(device, call: Callable[[], object]) -> tuple[object, float, float]:
+    """:func:`timed_with_peak_memory` on the CPU; on a CUDA device, the time after synchronising and the extra peak
+    of the GPU memory allocated by torch (what bounds a GPU run) instead of the resident set."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return timed_with_peak_memory(call)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    result = call()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return result, seconds, (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+GPU_MEMORY_METHOD = "extra peak of torch.cuda.max_memory_allocated over the call (GPU memory), fresh process"
+
+
+def memory_method(device) -> str:
+    return GPU_MEMORY_METHOD if str(device).startswith("cuda") else MEMORY_METHOD
+
+
+def matmul_gflops(rows: int, d_in: int, d_out: int, threads: int = 1, device: str = "cpu", seconds: float = 0.5) -> float:
+    """GFLOP/s of an fp32 ``(rows, d_in) @ (d_in, d_out)`` product on this machine with ``threads`` threads: the rate
+    a model's linear layers can reach at that batch, to which a benchmark's achieved rate is compared."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(rows, d_in, device=device)
+    b = torch.randn(d_in, d_out, device=device)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * rows * d_in * d_out * count / (time.perf_counter() - start) / 1e9

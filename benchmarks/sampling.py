@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from measure import (MEMORY_METHOD, add_output_arguments, axis_sizes, describe_machine, in_fresh_processes, median,
-                     save_report, summary, timed_with_peak_memory)
+from measure import (add_output_arguments, axis_sizes, describe_machine, in_fresh_processes, matmul_gflops, median,
+                     memory_method, save_report, summary, timed_with_peak_memory_on)
 from steerlib.experiments.concept_probability import sample_steered_completions
 from steerlib.models import load_model
 from steerlib.prompts import load_eval_prompts
@@ -86,22 +86,16 @@ def probe(method: str, size: dict, threads: int, result_path: str | None, device
     lm, prompt, v, alphas = setup(size, device)
     way = authors_way if method == "authors" else steerlib_way
     way(lm, prompt, v, size["layer"], alphas[:2], 2)  # warm-up
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    texts, seconds, peak = timed_with_peak_memory(
-        lambda: way(lm, prompt, v, size["layer"], alphas, size["max_new_tokens"]))
-    if lm.device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - before) / 2**20  # on the GPU: its memory
+    texts, seconds, peak = timed_with_peak_memory_on(
+        lm.device, lambda: way(lm, prompt, v, size["layer"], alphas, size["max_new_tokens"]))
     if result_path:
         Path(result_path).write_text(json.dumps(texts))
     return {"seconds": seconds, "peak_extra_mib": peak}
 
 
-def flop_ratio(lm, size: dict, prompt_tokens: int) -> float:
-    """Multiply-adds of the authors' way (the same as steerlib's) over the lower bound, which runs blocks ``0..ℓ``
-    of the prompt once instead of once per row."""
+def flops(lm, size: dict, prompt_tokens: int) -> tuple[float, float]:
+    """Arithmetic (2 x multiply-adds) of the authors' way (the same as steerlib's) and of the lower bound, which runs
+    blocks ``0..ℓ`` of the prompt once instead of once per row."""
     block_params = sum(p.numel() for p in lm.blocks[0].parameters())
     d, vocabulary, n_layers = lm.hidden_size, lm.unembedding.weight.shape[0], lm.n_layers
     rows, new, layer = size["n_alphas"] * N_SAMPLES, size["max_new_tokens"], size["layer"]
@@ -113,7 +107,25 @@ def flop_ratio(lm, size: dict, prompt_tokens: int) -> float:
     decode = sum(block(1, prompt_tokens + t) for t in range(1, new)) * n_layers + new * 2 * d * vocabulary
     authors = rows * (n_layers * prefill + decode)
     bound = (layer + 1) * prefill + rows * ((n_layers - layer - 1) * prefill + decode)
+    return authors, bound
+
+
+def flop_ratio(lm, size: dict, prompt_tokens: int) -> float:
+    authors, bound = flops(lm, size, prompt_tokens)
     return authors / bound
+
+
+def arithmetic_rates(lm, rows: list[dict], prompt_tokens: int, threads: int) -> dict:
+    """What bounds the speed-up: each row's achieved GFLOP/s of both ways (in place), and the rate of a matrix
+    product of the model's MLP shape at the authors' batch (K rows) and at steerlib's (n_α K rows)."""
+    d_in = lm.hidden_size
+    d_out = lm.blocks[0].mlp.up_proj.out_features if hasattr(lm.blocks[0], "mlp") else 4 * d_in
+    for row in rows:
+        work = flops(lm, row, prompt_tokens)[0] / 1e9
+        row["authors_gflops"], row["steerlib_gflops"] = work / row["authors_s"], work / row["steerlib_s"]
+    batches = sorted({N_SAMPLES} | {row["n_alphas"] * N_SAMPLES for row in rows})
+    device = str(lm.device)
+    return {str(batch): matmul_gflops(batch, d_in, d_out, threads, device) for batch in batches}
 
 
 def benchmark(repetitions: int, threads: int, device: str | None) -> dict:
@@ -147,14 +159,18 @@ def benchmark(repetitions: int, threads: int, device: str | None) -> dict:
                 "flop_ratio_bound": flop_ratio(lm, size, prompt_tokens),
             })
             row["speedup"] = row["authors_s"] / row["steerlib_s"]
-            row["memory_ratio"] = row["steerlib_peak_mib"] / max(row["authors_peak_mib"], 1e-9)
+            # the authors' way needs almost no extra memory (a batch of K rows): no ratio below 1 MiB
+            row["memory_ratio"] = (row["steerlib_peak_mib"] / row["authors_peak_mib"]
+                                   if row["authors_peak_mib"] >= 1 else None)
             rows.append(row)
+    matmul = arithmetic_rates(lm, rows, prompt_tokens, threads)
     report = {"workload": WORKLOAD, "title": "steered sampling for concept probability", "model": lm.name,
               "reference": "generate with the steering hook, one α at a time (K samples per batch), greedy",
               "steerlib": "sample_steered_completions: all α of a prompt in one batch, top token only",
               "difference": "completions that differ, text for text (greedy outputs)",
               "prompt_tokens": prompt_tokens, "n_samples": N_SAMPLES, "repetitions": repetitions,
-              "threads": threads, "memory_method": MEMORY_METHOD, "axes": AXES,
+              "threads": threads, "memory_method": memory_method(lm.device), "axes": AXES,
+              "matmul_gflops": matmul, "matmul_shape": "(rows, d) @ (d, MLP width), fp32, per batch of rows",
               "machine": describe_machine(lm.device, threads), "rows": rows}
     return summary(report, DEFAULT)
 
@@ -181,12 +197,15 @@ def main() -> None:
         return
     print(f"{report['title']}: {report['model']}, {report['prompt_tokens']} prompt tokens, K = {report['n_samples']}, "
           f"median of {report['repetitions']}, {report['threads']} threads, {report['machine']['name']}")
-    print(" α  new tokens block   authors   steerlib  speed-up (FLOP bound)   peak MiB authors / steerlib   differing")
+    print(" α  new tokens block   authors   steerlib  speed-up (FLOP bound)   peak MiB authors / steerlib   differing"
+          "   GFLOP/s authors / steerlib")
     for row in report["rows"]:
         print(f"{row['n_alphas']:2d} {row['max_new_tokens']:10d} {row['layer']:5d} {row['authors_s']:8.2f}s "
               f"{row['steerlib_s']:8.2f}s {row['speedup']:6.2f}x ({row['flop_ratio_bound']:.2f}x) "
-              f"{row['authors_peak_mib']:12.0f} / {row['steerlib_peak_mib']:6.0f} ({row['memory_ratio']:.2f})   "
-              f"{row['max_difference']}/{row['n_completions']}")
+              f"{row['authors_peak_mib']:12.0f} / {row['steerlib_peak_mib']:6.0f}   "
+              f"{row['max_difference']}/{row['n_completions']}   {row['authors_gflops']:.1f} / {row['steerlib_gflops']:.1f}")
+    print("matrix product of the MLP's shape, GFLOP/s per batch of rows: "
+          + ", ".join(f"{rows} rows {rate:.1f}" for rows, rate in report["matmul_gflops"].items()))
 
 
 if __name__ == "__main__":
