@@ -42,9 +42,14 @@ test: install
 notebooks: install
 	$(BIN)/python tests/reference_notebooks.py
 
+# Each workload against the authors' way and the FLOP bound, printed, and saved as
+# data/benchmarks/<workload>-<machine>.json (the book's Performance appendix renders them). Tens of minutes on a CPU.
+BENCHMARK_ARGS ?= --save data/benchmarks
 benchmark: install
-	$(BIN)/python benchmarks/sweeps.py
-	$(BIN)/python benchmarks/cross_entropy.py
+	$(BIN)/python benchmarks/sweeps.py $(BENCHMARK_ARGS)
+	$(BIN)/python benchmarks/cross_entropy.py $(BENCHMARK_ARGS)
+	$(BIN)/python benchmarks/sampling.py $(BENCHMARK_ARGS)
+	$(BIN)/python benchmarks/judge.py $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf _build
