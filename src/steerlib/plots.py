@@ -11,6 +11,7 @@ Colour convention used throughout the book: tokens (or concepts) of the target c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
@@ -113,6 +114,41 @@ def plot_next_token_rows(token_names: Sequence[str], token_concepts: Sequence[in
     ax.legend(handles=row_handles + concept_handles, ncol=2)
     return ax
 
+
+
+def animate_next_token_rows(token_names: Sequence[str], token_concepts: Sequence[int], unsteered: np.ndarray,
+                            steered: np.ndarray, alphas: Sequence[float], *, context: str,
+                            concept_names: Sequence[str] | None = None, title: str = "σ(f_α(c))") -> str:
+    """A slider over ``α`` as self-contained HTML (matplotlib's ``jshtml``): each frame is
+    :func:`plot_next_token_rows` of the unsteered row and the row steered at one ``α`` (``steered[k]`` at
+    ``alphas[k]``). The frames are precomputed, so the slider works on the static page and in a live notebook."""
+    from matplotlib import animation
+
+    steered = np.asarray(steered, dtype=float)
+    if steered.shape[0] != len(alphas):
+        raise ValueError(f"steered has {steered.shape[0]} rows for {len(alphas)} values of α: give one row per α.")
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=80)
+    top = 1.05 * max(float(np.max(unsteered)), float(np.max(steered)))
+
+    def frame(k: int):
+        ax.clear()
+        plot_next_token_rows(token_names, token_concepts,
+                             {context: unsteered, f"{context}, α = {alphas[k]:.2f}": steered[k]},
+                             concept_names=concept_names, ax=ax, title=f"{title}, α = {alphas[k]:.2f}")
+        ax.set_ylim(0.0, top)
+
+    movie = animation.FuncAnimation(fig, frame, frames=len(alphas), interval=120)
+    page = movie.to_jshtml(default_mode="once")
+    plt.close(fig)
+    page = re.sub(r'<link rel="stylesheet"\s*href="[^"]*font-awesome[^"]*">', "", page)
+    return re.sub(r'<i class="fa ([^"]+)"></i>', lambda icon: _PLAYER_SYMBOLS[icon.group(1)], page)
+
+
+# The player's buttons as characters: matplotlib's jshtml draws them with Font Awesome icons loaded from a CDN,
+# which an offline page cannot reach.
+_PLAYER_SYMBOLS = {"fa-minus": "−", "fa-plus": "+", "fa-fast-backward": "⏮", "fa-step-backward": "◀|",
+                   "fa-play fa-flip-horizontal": "◀", "fa-pause": "⏸", "fa-play": "▶", "fa-step-forward": "|▶",
+                   "fa-fast-forward": "⏭"}
 
 def plot_training_curve(losses: np.ndarray, bound: float, *, ax: plt.Axes | None = None,
                         title: str = "UFM training: cross-entropy vs the entropy bound") -> plt.Axes:
@@ -689,3 +725,89 @@ def plot_top_token_curves(sweep, log_odds: np.ndarray, at: str = "max", k: int =
     alphas, curves, ids, tokens = top_token_curves(sweep, at, k)
     return plot_delta_p_curves(alphas, curves, [repr(t) for t in tokens], is_target_token(log_odds, ids), ax=ax,
                                title=title or "")
+
+
+MACHINE_MARKERS = ("o", "s", "^", "D", "v", "P")
+"""Markers of the machines on a benchmark figure, in order (the line style follows the way of computing)."""
+
+
+def plot_benchmark_cost(x: np.ndarray, authors: np.ndarray, steerlib: np.ndarray, bound: np.ndarray | None = None,
+                        *, machine: str | None = None, machine_index: int = 0, ax: plt.Axes | None = None,
+                        xlabel: str = "", ylabel: str = "seconds", title: str = "") -> plt.Axes:
+    """Cost of one workload against one size (Appendix "Performance"): the authors' way, steerlib's and the bound.
+
+    Colours say the way (steerlib :data:`TARGET_COLOR`, the authors' :data:`OFF_TARGET_COLOR`, the bound
+    :data:`REFERENCE_COLOR`, dashed); the marker says the machine, so calls with ``machine_index`` 0, 1, ... draw
+    several machines on the same axes. The y axis is logarithmic (a GPU and a CPU differ by orders of magnitude).
+
+    Args:
+        x: the sizes, shape ``(S,)`` (number of α, tokens, block, texts).
+        authors: the authors' way's cost at each size, shape ``(S,)``.
+        steerlib: steerlib's cost, shape ``(S,)``.
+        bound: the lower bound's cost (``nan`` or ``None`` where there is none), shape ``(S,)``.
+        machine: the machine's name for the legend (left out when ``None``).
+        machine_index: which marker the machine gets (:data:`MACHINE_MARKERS`).
+        ax: axes to draw on (a new figure when ``None``).
+        xlabel, ylabel, title: labels.
+    """
+    x = np.asarray(x, dtype=float)
+    curves = {"authors' way": np.asarray(authors, dtype=float), "steerlib": np.asarray(steerlib, dtype=float)}
+    if bound is not None:
+        curves["bound"] = np.asarray(bound, dtype=float)
+    for name, values in curves.items():
+        if values.shape != x.shape:
+            raise ValueError(f"{name} has shape {values.shape}; expected {x.shape}, one value per size")
+    ax = _new_axes(ax)
+    marker = MACHINE_MARKERS[machine_index % len(MACHINE_MARKERS)]
+    styles = {"authors' way": dict(color=OFF_TARGET_COLOR), "steerlib": dict(color=TARGET_COLOR),
+              "bound": dict(color=REFERENCE_COLOR, linestyle="--", linewidth=1.0)}
+    suffix = f" ({machine})" if machine else ""
+    for name, values in curves.items():
+        if np.isfinite(values).any():
+            ax.plot(x, values, marker=marker, markersize=4, label=name + suffix, **styles[name])
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def plot_benchmark_panels(rows, panels: Sequence[tuple[str, str, str]], *, ncols: int = 2,
+                          columns: Mapping[str, tuple[str, str, str, str]] | None = None) -> plt.Figure:
+    """One :func:`plot_benchmark_cost` panel per ``(workload, axis, xlabel)``, every machine of ``rows`` in each.
+
+    Args:
+        rows: the rows of :func:`steerlib.benchmarks.load_benchmark_rows` (a ``pandas.DataFrame``).
+        panels: ``(workload, size column, x label)`` per panel; panels with no rows are left out.
+        ncols: panels per line.
+        columns: per workload, the columns drawn instead of time: ``(authors, steerlib, bound, y label)``
+            (e.g. the judge's MiniLM forwards); default ``authors_s``, ``steerlib_s``, ``bound_s``, "seconds".
+    """
+    from steerlib.benchmarks import axis_rows
+
+    columns = dict(columns or {})
+    chosen = []
+    for workload, axis, xlabel in panels:
+        picked = axis_rows(rows, workload, axis)
+        if "positions" in picked and picked["positions"].notna().any():
+            for positions, part in picked.groupby("positions"):
+                chosen.append((part, workload, axis, xlabel, f"{part['title'].iloc[0]}, {positions} positions"))
+        elif len(picked):
+            chosen.append((picked, workload, axis, xlabel, picked["title"].iloc[0]))
+    if not chosen:
+        raise ValueError("no benchmark rows for these panels: check the workloads and size columns.")
+    nrows = -(-len(chosen) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(FIGURE_WIDTH * 1.5, 3.2 * nrows), squeeze=False)
+    machines = sorted(rows["machine"].unique())
+    for ax, (picked, workload, axis, xlabel, title) in zip(axes.flat, chosen):
+        authors, ours, bound, ylabel = columns.get(workload, ("authors_s", "steerlib_s", "bound_s", "seconds"))
+        for machine, part in picked.groupby("machine"):
+            plot_benchmark_cost(part[axis].to_numpy(), part[authors].to_numpy(), part[ours].to_numpy(),
+                                part[bound].to_numpy() if bound in part else None,
+                                machine=machine if len(machines) > 1 else None,
+                                machine_index=machines.index(machine), ax=ax, xlabel=xlabel, ylabel=ylabel,
+                                title=title)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.set_visible(False)
+    return fig
