@@ -135,8 +135,8 @@ def texts_cross_entropy(lm: LoadedModel, texts: Sequence[str], vector, alphas: S
 
     ``CE(α) = -(1/#tokens) Σ_texts Σ_t log σ_{z_{t+1}}(y_t(α))`` over every predicted token of every text (the
     LLM counterpart of Def. 3.7's ``CE(f_α)``), from :func:`steerlib.steering.steered_target_log_probs`, one text
-    at a time (no padding); ``CE(±∞)`` scores the same tokens with ``σ(LN(±v)Wᵀ)``. ``alphas_per_forward`` α values
-    go through the later blocks at once (default all).
+    at a time (no padding); ``CE(±∞)`` scores the same tokens with ``σ(LN(±v)Wᵀ)``. ``alphas_per_forward`` α
+    values go through the later blocks at once (default all).
 
     Returns:
         ``(ce, limit_ce)`` of shapes ``(len(alphas),)`` and ``(2,)`` (``[+, -]``).
@@ -224,5 +224,6 @@ def load_or_run(lm: LoadedModel, vectors: Mapping[int, object], params: LargeAlp
     """:func:`run`, saved under ``folder`` as ``large-alpha-<key>.npz`` and read back when it exists
     (``alphas_per_forward`` only splits the work: it is not part of the key)."""
     key = content_key(lm.name, str(lm.dtype), {str(k): vectors[k] for k in sorted(vectors)}, params)
-    return load_or_compute(Path(folder) / f"large-alpha-{key}.npz", lambda: run(lm, vectors, params, progress, alphas_per_forward),
+    return load_or_compute(Path(folder) / f"large-alpha-{key}.npz",
+                           lambda: run(lm, vectors, params, progress, alphas_per_forward),
                            LargeAlphaSweep)
