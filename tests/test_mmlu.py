@@ -182,6 +182,17 @@ def test_shots_come_from_the_pool_without_the_evaluated_questions():
         select_shots(pool, 2, [q for q in pool if q.subject == "astronomy"])
 
 
+def test_questions_a_learned_position_table_cannot_read_are_left_out():
+    short = MMLUQuestion("2+2?", "", ("1", "2", "3", "4"), 3)
+    questions = [short] + load_mmlu(FIXTURE)[:3]
+    lm = tiny_lm("gpt2")  # 128 positions, one token per character
+    with pytest.warns(UserWarning, match="3 of 4 MMLU prompts are longer than tiny-gpt2's context of 128 tokens"):
+        assert mmlu.questions_that_fit(lm, questions) == [short]
+    with pytest.warns(UserWarning, match="1 of 1 MMLU prompts"):  # its solved examples make it too long
+        assert mmlu.questions_that_fit(lm, [short], shots={"": [short] * 2}) == []
+    assert mmlu.questions_that_fit(tiny_lm("llama"), questions) == questions  # rotary: every prompt is read
+
+
 def test_letter_tokens_follow_the_tokenizer():
     context = "What is 7 times 6?\nA. 42\nB. 36\nC. 48\nD. 56\nAnswer:"
     characters = CharTokenizer()

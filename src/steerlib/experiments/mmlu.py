@@ -52,6 +52,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,6 +486,27 @@ def question_ids(lm: LoadedModel, question: MMLUQuestion, shots: Sequence[MMLUQu
     if chat:
         text = chat_prompt(lm.tokenizer, text)
     return encode(lm.tokenizer, text, special_tokens=not chat), text
+
+
+def questions_that_fit(lm: LoadedModel, questions: Sequence[MMLUQuestion],
+                       shots: Mapping[str, Sequence[MMLUQuestion]] | None = None, chat: bool = False
+                       ) -> list[MMLUQuestion]:
+    """The questions whose prompt (with its solved examples, in the chat template when ``chat``) the model can read.
+
+    A model with a learned position table (GPT-2: ``lm.context_length``) cannot read a longer prompt, and cutting
+    it would cut the question: such questions are left out, with a warning that counts them. Rotary models read
+    every prompt, and all questions are kept.
+    """
+    limit = lm.context_length
+    if limit is None:
+        return list(questions)
+    shots = shots or {}
+    kept = [q for q in questions if len(question_ids(lm, q, shots.get(q.subject, ()), chat)[0]) <= limit]
+    if len(kept) < len(questions):
+        warnings.warn(f"steerlib: {len(questions) - len(kept)} of {len(questions)} MMLU prompts are longer than "
+                      f"{lm.name}'s context of {limit} tokens: those questions are left out (use fewer shots, or "
+                      "a model with a longer context).", stacklevel=2)
+    return kept
 
 
 def run(
