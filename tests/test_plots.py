@@ -64,3 +64,16 @@ def test_delta_ce_draws_parabola_and_asymptotes():
     assert len(ax.get_lines()) == 4
     with pytest.raises(ValueError, match="one value per α"):
         plot_delta_ce(alphas, values[:-1])
+
+
+def test_the_alpha_slider_is_self_contained_html_with_one_frame_per_alpha():
+    from steerlib.plots import animate_next_token_rows
+
+    alphas = np.linspace(-2.0, 2.0, 5)
+    base = np.full(4, 0.25)
+    steered = np.exp(np.outer(alphas, [1.0, 0.0, 0.0, -1.0])) * base
+    steered /= steered.sum(axis=1, keepdims=True)
+    page = animate_next_token_rows(["a", "b", "A", "B"], [0, 0, 1, 1], base, steered, alphas, context="ab")
+    assert page.count("data:image/png;base64") == len(alphas) and "<script" in page and "://" not in page
+    with pytest.raises(ValueError, match="one row per α"):
+        animate_next_token_rows(["a", "b", "A", "B"], [0, 0, 1, 1], base, steered[:3], alphas, context="ab")

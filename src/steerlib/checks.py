@@ -282,22 +282,24 @@ def book_checks(root: str | os.PathLike):
     columns. A chapter without checks has no row."""
     import nbformat
     import pandas as pd
+
+    rows = []
+    for chapter, part in executed_chapters(root).items():
+        notebook = nbformat.read(Path(root) / f"{chapter}.ipynb", as_version=4)
+        title = next((line.lstrip("# ").strip() for cell in notebook.cells if cell.cell_type == "markdown"
+                      for line in cell.source.splitlines() if line.startswith("# ")), chapter)
+        rows += [{"chapter": chapter, "part": part, "title": title, **row}
+                 for record in notebook_records(notebook) for row in record_rows(record)]
+    return pd.DataFrame(rows)
+
+
+def executed_chapters(root: str | os.PathLike) -> dict[str, str]:
+    """The chapters of ``_toc.yml`` that have an executed reference notebook: file (``book/llm/mmlu``) -> part."""
     import yaml
 
-    root = Path(root)
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
-    rows = []
-    for part in toc.get("parts", []):
-        for entry in part.get("chapters", []):
-            reference = root / f"{entry['file']}.ipynb"
-            if not reference.exists():
-                continue
-            notebook = nbformat.read(reference, as_version=4)
-            title = next((line.lstrip("# ").strip() for cell in notebook.cells if cell.cell_type == "markdown"
-                          for line in cell.source.splitlines() if line.startswith("# ")), entry["file"])
-            rows += [{"chapter": entry["file"], "part": part.get("caption", ""), "title": title, **row}
-                     for record in notebook_records(notebook) for row in record_rows(record)]
-    return pd.DataFrame(rows)
+    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    return {entry["file"]: part.get("caption", "") for part in toc.get("parts", [])
+            for entry in part.get("chapters", []) if (Path(root) / f"{entry['file']}.ipynb").exists()}
 
 
 def scoreboard_html(board, page: str) -> str:
