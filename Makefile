@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make book   install what is missing, execute every chapter on the CPU defaults, HTML in _build/html
+#               (then tests/check_built_book.py: MathJax served locally, no TeX left in the text)
 #   make test   install what is missing, run the unit tests and the nbval regression of every chapter
 # Other targets: make install, make notebooks (regenerate the executed reference notebooks), make clean.
 # Extra pytest options go in PYTEST_ARGS, e.g. make test PYTEST_ARGS="--torch-threads 1" (see conftest.py).
@@ -35,6 +36,7 @@ $(INSTALLED): pyproject.toml
 
 book: install
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(BIN)/python tests/check_built_book.py _build/html
 
 test: install
 	TQDM_DISABLE=1 $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 $(PYTEST_ARGS)
