@@ -32,7 +32,7 @@ from steerlib.ufm import (
     select_steering_sets,
 )
 
-PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
+PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)  # the same examples on every run: CI does not depend on luck
 
 
 @st.composite
