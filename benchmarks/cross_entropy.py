@@ -19,7 +19,6 @@ Run: ``.venv/bin/python benchmarks/cross_entropy.py [--json] [--save data/benchm
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from measure import (add_output_arguments, axis_sizes, describe_machine, in_fresh_processes, median, memory_method,
-                     save_report, summary, timed_with_peak_memory_on)
+from measure import (benchmark_main, axis_sizes, describe_machine, in_fresh_processes, median, memory_method,
+                     summary, timed_with_peak_memory_on)
 from steerlib.corpora import corpus_blocks
 from steerlib.models import load_model
 from steerlib.steering import steer, steered_target_log_probs
@@ -158,27 +157,7 @@ def benchmark(repetitions: int, threads: int, device: str | None = None) -> dict
     return summary(report, DEFAULT)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_output_arguments(parser)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per measurement (1: on a shared machine more threads mostly wait)")
-    parser.add_argument("--device", help="where the model runs (default: the GPU when there is one, else the CPU)")
-    parser.add_argument("--probe", choices=METHODS + tuple(f"steerlib-chunk{c}" for c in LOGIT_CHUNKS),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--size", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.probe:
-        print(json.dumps(probe(args.probe, json.loads(args.size), args.threads, args.result, args.device)))
-        return
-    report = benchmark(args.repetitions, args.threads, args.device)
-    if args.save:
-        save_report(report, args.save)
-    if args.json:
-        print(json.dumps(report))
-        return
+def print_report(report: dict) -> None:
     print(f"{report['title']}: {report['model']}, {report['n_text_blocks']} text blocks, median of "
           f"{report['repetitions']}, {report['threads']} threads, {report['machine']['name']}")
     print(" α  tokens block   authors   steerlib  speed-up (FLOP bound)   peak MiB authors / steerlib   max |ΔCE|")
@@ -190,6 +169,12 @@ def main() -> None:
         print(f"default size, logit_chunk {row['logit_chunk']}: steerlib {row['steerlib_s']:.2f}s, speed-up "
               f"{row['speedup']:.2f}x, peak {row['steerlib_peak_mib']:.0f} MiB ({row['memory_ratio']:.2f} of the "
               f"authors'), max |ΔCE| {row['max_difference']:.1e}")
+
+
+def main() -> None:
+    probes = METHODS + tuple(f"steerlib-chunk{c}" for c in LOGIT_CHUNKS)
+    benchmark_main(__doc__.splitlines()[0], probes, probe, benchmark, print_report,
+                   'where the model runs (default: the GPU when there is one, else the CPU)')
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Run: ``.venv/bin/python benchmarks/judge.py [--json] [--save data/benchmarks]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from measure import (add_output_arguments, axis_sizes, describe_machine, in_fresh_processes, median, memory_method,
-                     save_report, summary, timed_with_peak_memory_on)
+from measure import (benchmark_main, axis_sizes, describe_machine, in_fresh_processes, median, memory_method,
+                     summary, timed_with_peak_memory_on)
 from steerlib.judge import CONCEPT_DESCRIPTIONS, NEUTRAL_DESCRIPTIONS, EmbeddingJudge, load_judge_labels
 
 WORKLOAD = "judge"
@@ -134,26 +133,7 @@ def benchmark(repetitions: int, threads: int, device: str | None) -> dict:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_output_arguments(parser)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per measurement (1: on a shared machine more threads mostly wait)")
-    parser.add_argument("--device", help="where MiniLM runs (default: the GPU when there is one, else the CPU)")
-    parser.add_argument("--probe", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--size", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.probe:
-        print(json.dumps(probe(args.probe, json.loads(args.size), args.threads, args.result, args.device)))
-        return
-    report = benchmark(args.repetitions, args.threads, args.device)
-    if args.save:
-        save_report(report, args.save)
-    if args.json:
-        print(json.dumps(report))
-        return
+def print_report(report: dict) -> None:
     print(f"{report['title']}: {report['model']}, median of {report['repetitions']}, {report['threads']} threads, "
           f"{report['machine']['name']}")
     print("texts   naive   steerlib  speed-up   texts/s naive / steerlib   forwards/text naive / steerlib (bound)"
@@ -164,6 +144,11 @@ def main() -> None:
               f"{row['authors_forwards_per_text']:14.2f} / {row['steerlib_forwards_per_text']:.3f} "
               f"({row['bound_forwards'] / row['n_texts']:.3f}), {row['forward_ratio']:.0f}x fewer   "
               f"{row['max_difference']:.1e}")
+
+
+def main() -> None:
+    benchmark_main(__doc__.splitlines()[0], METHODS, probe, benchmark, print_report,
+                   'where MiniLM runs (default: the GPU when there is one, else the CPU)')
 
 
 if __name__ == "__main__":

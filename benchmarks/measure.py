@@ -100,6 +100,34 @@ def add_output_arguments(parser) -> None:
                         help="also write the report to FOLDER/<workload>-<machine>.json (e.g. data/benchmarks)")
 
 
+def benchmark_main(description: str, probes: tuple[str, ...], probe: Callable, benchmark: Callable,
+                   print_report: Callable[[dict], None], device_help: str) -> None:
+    """The command line every workload shares: ``--repetitions``, ``--threads``, ``--device``, ``--json``,
+    ``--save``; the hidden ``--probe METHOD --size JSON --result FILE`` that :func:`in_fresh_processes` calls."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    add_output_arguments(parser)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per measurement (1: on a shared machine more threads mostly wait)")
+    parser.add_argument("--device", help=device_help)
+    parser.add_argument("--probe", choices=probes, help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, json.loads(args.size), args.threads, args.result, args.device)))
+        return
+    report = benchmark(args.repetitions, args.threads, args.device)
+    if args.save:
+        save_report(report, args.save)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+
+
 def save_report(report: dict, folder: str | Path) -> Path:
     """Write ``report`` (with ``workload`` and ``machine``) as ``folder/<workload>-<machine slug>.json``, atomically."""
     folder = Path(folder)

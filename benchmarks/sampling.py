@@ -26,7 +26,6 @@ Run: ``.venv/bin/python benchmarks/sampling.py [--json] [--save data/benchmarks]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from measure import (add_output_arguments, axis_sizes, describe_machine, in_fresh_processes, matmul_gflops, median,
-                     memory_method, save_report, summary, timed_with_peak_memory_on)
+from measure import (benchmark_main, axis_sizes, describe_machine, in_fresh_processes, matmul_gflops, median,
+                     memory_method, summary, timed_with_peak_memory_on)
 from steerlib.experiments.concept_probability import sample_steered_completions
 from steerlib.models import load_model
 from steerlib.prompts import load_eval_prompts
@@ -175,26 +174,7 @@ def benchmark(repetitions: int, threads: int, device: str | None) -> dict:
     return summary(report, DEFAULT)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_output_arguments(parser)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per measurement (1: on a shared machine more threads mostly wait)")
-    parser.add_argument("--device", help="where the model runs (default: the GPU when there is one, else the CPU)")
-    parser.add_argument("--probe", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--size", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.probe:
-        print(json.dumps(probe(args.probe, json.loads(args.size), args.threads, args.result, args.device)))
-        return
-    report = benchmark(args.repetitions, args.threads, args.device)
-    if args.save:
-        save_report(report, args.save)
-    if args.json:
-        print(json.dumps(report))
-        return
+def print_report(report: dict) -> None:
     print(f"{report['title']}: {report['model']}, {report['prompt_tokens']} prompt tokens, K = {report['n_samples']}, "
           f"median of {report['repetitions']}, {report['threads']} threads, {report['machine']['name']}")
     print(" α  new tokens block   authors   steerlib  speed-up (FLOP bound)   peak MiB authors / steerlib   differing"
@@ -206,6 +186,11 @@ def main() -> None:
               f"{row['max_difference']}/{row['n_completions']}   {row['authors_gflops']:.1f} / {row['steerlib_gflops']:.1f}")
     print("matrix product of the MLP's shape, GFLOP/s per batch of rows: "
           + ", ".join(f"{rows} rows {rate:.1f}" for rows, rate in report["matmul_gflops"].items()))
+
+
+def main() -> None:
+    benchmark_main(__doc__.splitlines()[0], METHODS, probe, benchmark, print_report,
+                   'where the model runs (default: the GPU when there is one, else the CPU)')
 
 
 if __name__ == "__main__":
