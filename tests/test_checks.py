@@ -109,3 +109,11 @@ def test_non_finite_values_compare_equal_only_to_themselves():
     other = CheckTable("t")
     other.add("x", 0.5, "<", 1.0)
     assert compare_records(stored.record(), other.record())
+
+
+def test_verdict_words_follow_the_check():
+    from steerlib.checks import verdict_words
+
+    table = CheckTable("verdicts")
+    assert verdict_words(table.add("a share", 0.7, ">", 0.5)) == "holds"
+    assert verdict_words(table.add("a share", 0.3, ">", 0.5), "rises", "does not rise") == "does not rise"

@@ -77,3 +77,24 @@ def test_the_alpha_slider_is_self_contained_html_with_one_frame_per_alpha():
     assert page.count("data:image/png;base64") == len(alphas) and "<script" in page and "://" not in page
     with pytest.raises(ValueError, match="one row per α"):
         animate_next_token_rows(["a", "b", "A", "B"], [0, 0, 1, 1], base, steered[:3], alphas, context="ab")
+
+
+def test_token_labels_are_escaped_and_panels_have_one_colour_per_token():
+    from steerlib.plots import panel_grid, plot_delta_p_band, token_colors, token_label
+
+    assert token_label("\n") == "'\\n'" and token_label("$x$") == "'\\$x\\$'"
+    fig, axes = panel_grid(3)
+    assert len(axes) == 3 and len(fig.axes) == 3
+    alphas = np.linspace(0, 1, 5)
+    mean = np.stack([alphas, alphas**2, -alphas], axis=1)
+    labels = [token_label(t) for t in ("a", "$b", "\n")]
+    ax = plot_delta_p_band(alphas, mean, 0.1 * np.ones_like(mean), labels, [True, False, True], ax=axes[0])
+    lines = ax.get_lines()[:3]
+    assert [line.get_color() for line in lines] == token_colors(3)
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-"]
+    fig.canvas.draw()  # an unescaped '$' would be parsed as mathtext here
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == labels
+    with pytest.raises(ValueError):
+        plot_delta_p_band(alphas, mean, np.ones((5, 2)), labels, [True] * 3)
+    with pytest.raises(ValueError):
+        panel_grid(0)

@@ -148,3 +148,58 @@ def test_per_block_prose_for_one_block_or_many():
     assert majority_words({6: 0.1, 15: 0.4}) == "not more than half at any block"
     with pytest.raises(ValueError, match="no blocks"):
         per_block_words({})
+
+
+def test_pooled_peak_order_sums_counts_and_skips_missing_medians():
+    from steerlib.theory_checks import PeakOrder, pooled_peak_order
+
+    pooled = pooled_peak_order([PeakOrder(4, 3, 2, 2, 10.0, 5.0), PeakOrder(0, 0, 3, 0, 20.0, float("nan"))])
+    assert (pooled.n_pairs, pooled.n_ordered, pooled.n_target, pooled.n_off_target) == (4, 3, 5, 2)
+    assert pooled.median_target_peak == 15.0 and pooled.median_off_target_peak == 5.0
+    empty = pooled_peak_order([PeakOrder(0, 0, 1, 0, 1.0, float("nan"))])
+    assert np.isnan(empty.median_off_target_peak)
+    with pytest.raises(ValueError):
+        pooled_peak_order([])
+
+
+def test_poisson_binomial_tail_is_the_exact_law():
+    from scipy.stats import binom
+
+    from steerlib.theory_checks import poisson_binomial_tail
+
+    assert poisson_binomial_tail([0.3] * 10, 4) == pytest.approx(binom.sf(3, 10, 0.3))
+    assert poisson_binomial_tail([0.5, 1.0], 0) == pytest.approx(1.0)
+    assert poisson_binomial_tail([0.5, 1.0], 2) == pytest.approx(0.5)
+    assert poisson_binomial_tail([0.5], 3) == 0.0
+    with pytest.raises(ValueError):
+        poisson_binomial_tail([1.5], 1)
+
+
+def test_base_rate_test_compares_with_the_vocabulary():
+    from steerlib.theory_checks import base_rate_test
+
+    # 90 % of the vocabulary has M > 0: eight tokens with M > 0 are no evidence; eight with M <= 0 are.
+    values = np.where(np.arange(100) < 90, 1.0, -1.0)
+    common = base_rate_test([values], [list(range(8))])
+    assert (common.n_tokens, common.n_hits, common.share) == (8, 8, 1.0)
+    assert common.base_rate == pytest.approx(0.9) and common.p_value == pytest.approx(0.9 ** 8)
+    assert common.p_value > 0.05  # above one half, yet not above the base rate
+    rare = base_rate_test([values], [list(range(90, 98))], side="nonpositive")
+    assert rare.share == 1.0 and rare.base_rate == pytest.approx(0.1) and rare.p_value < 1e-6
+    pooled = base_rate_test([values, -values], [[0, 1], [0, 1]])
+    assert pooled.n_hits == 2 and pooled.base_rate == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        base_rate_test([values], [[0]], side="up")
+    with pytest.raises(ValueError):
+        base_rate_test([values], [[0], [1]])
+
+
+def test_word_token_ids_keep_single_token_words():
+    from steerlib.theory_checks import word_token_ids
+
+    vocabulary = {"sad": 1, " sad": 2, " Sad": 3, " joy": 4}
+
+    def words(text, add_special_tokens=False):
+        return {"input_ids": [vocabulary[text]] if text in vocabulary else [9, 9]}
+
+    assert word_token_ids(words, ["sad", "joy", "gloom"]) == {"sad": 1, " sad": 2, " Sad": 3, " joy": 4}

@@ -300,3 +300,38 @@ def test_log_odds_is_definition_3_2():
     assert np.abs(log_odds(lm, positive, positive)).max() < 1e-6
     lens = last_position_log_probs(lm, ["joy!"], layer=1)
     assert lens.shape == (1, VOCABULARY) and (lens[0] - direct).abs().max() > 1e-3
+
+
+def test_all_positions_log_odds_average_every_prefix():
+    """positions="all": the log-probabilities after every prefix of a text, averaged over its positions, then over
+    the texts (padding in a batch changes nothing); the last position alone is the book's M."""
+    lm = tiny_lm("llama")
+    positive, negative = ["happy day", "joy!"], ["tables", "wood and metal"]
+
+    def one_text(text):
+        ids = torch.tensor([[1 + ord(c) % (VOCABULARY - 1) for c in text]])
+        with torch.no_grad():
+            return lm.model(input_ids=ids).logits[0].float().log_softmax(-1).double().mean(0)
+
+    manual = (torch.stack([one_text(t) for t in positive]).mean(0)
+              - torch.stack([one_text(t) for t in negative]).mean(0)).numpy()
+    values = log_odds(lm, positive, negative, positions="all")
+    assert values.dtype == np.float64 and values.shape == (VOCABULARY,)
+    assert_float32_close(values, manual, scale=np.abs(manual).max())
+    assert np.abs(values - log_odds(lm, positive, negative)).max() > 1e-3
+    with pytest.raises(ValueError, match="positions"):
+        log_odds(lm, positive, negative, positions="first")
+
+
+def test_concept_log_odds_over_all_positions_is_cached(prompt_folder, tmp_path):
+    lm = tiny_lm("llama")
+    values = concept_log_odds(lm, "joy", "random", 3, tmp_path, progress=False, prompt_folder=prompt_folder,
+                              positions="all")
+    expected = log_odds(lm, TEXTS["positive"][:3], TEXTS["negative_random"][:3], positions="all")
+    assert_float32_close(values, expected, scale=np.abs(expected).max())
+    saved = sorted(tmp_path.glob("*all-positions*.npz"))
+    assert len(saved) == 2
+    np.testing.assert_array_equal(concept_log_odds(lm, "joy", "random", 3, tmp_path, progress=False,
+                                                   prompt_folder=prompt_folder, positions="all"), values)
+    with pytest.raises(ValueError, match="positions"):
+        concept_log_odds(lm, "joy", "random", 3, tmp_path, prompt_folder=prompt_folder, positions="first")

@@ -346,3 +346,9 @@ def glue_all(**values) -> None:
 
     for name, value in values.items():
         glue(name, value, display=False)
+
+
+def verdict_words(held: bool, holds: str = "holds", fails: str = "does not hold") -> str:
+    """The verdict a check chose, as words for the prose (glued with :func:`glue_all`): ``holds`` when the check
+    held, ``fails`` otherwise, so a sentence stays true when a rerun on another model flips the check."""
+    return holds if held else fails

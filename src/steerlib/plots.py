@@ -708,11 +708,42 @@ def plot_letter_shares(alphas: np.ndarray, shares: np.ndarray, *, letters: Seque
     return ax
 
 
+TOKEN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf")
+"""One colour per token of a next-token panel (cycled beyond ten), so each curve matches its legend entry."""
+
+
+def token_colors(n: int) -> list[str]:
+    """``n`` colours from :data:`TOKEN_COLORS`, one per token of a panel."""
+    return [TOKEN_COLORS[k % len(TOKEN_COLORS)] for k in range(n)]
+
+
+def token_label(token: str) -> str:
+    """A token as a legend or table label: its Python ``repr`` (so ``'\\n'``, ``' '`` and ``'~~~~'`` are visible and
+    quoted) with ``$`` escaped, so matplotlib never reads a token as mathtext."""
+    return repr(token).replace("$", r"\$")
+
+
+def panel_grid(n_panels: int, ncols: int = 2, panel_size: tuple[float, float] = (4.6, 3.4)):
+    """A figure of ``n_panels`` axes in rows of ``ncols`` (at most two side by side, so a panel keeps a readable
+    size at the page's width); axes beyond ``n_panels`` are removed. Returns ``(figure, list of axes)``."""
+    if n_panels < 1:
+        raise ValueError("n_panels must be at least 1")
+    ncols = max(1, min(ncols, n_panels))
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n_panels:]:
+        ax.remove()
+    return fig, flat[:n_panels]
+
+
 def plot_top_token_curves(sweep, log_odds: np.ndarray, at: str = "max", k: int = 8, *, ax: plt.Axes | None = None,
                           title: str | None = None) -> plt.Axes:
     """Fig. 6-style panel of a next-token sweep: the curves of the ``k`` most probable tokens at the largest
-    (``"max"``, on ``α >= 0``) or smallest (``"min"``, on ``α <= 0``) ``α``, target tokens (``M > 0``, our reading
-    of Lemma B.4 on an LLM) solid blue, the others dashed orange.
+    (``"max"``, on ``α >= 0``) or smallest (``"min"``, on ``α <= 0``) ``α``, one colour per token
+    (:func:`token_colors`), target tokens (``M > 0``, our reading of Lemma B.4 on an LLM) solid, the others dashed;
+    legend labels escaped by :func:`token_label`.
 
     Args:
         sweep: a :class:`steerlib.experiments.next_token.NextTokenSweep`.
@@ -723,8 +754,36 @@ def plot_top_token_curves(sweep, log_odds: np.ndarray, at: str = "max", k: int =
         title: axes title.
     """
     alphas, curves, ids, tokens = top_token_curves(sweep, at, k)
-    return plot_delta_p_curves(alphas, curves, [repr(t) for t in tokens], is_target_token(log_odds, ids), ax=ax,
-                               title=title or "")
+    return plot_delta_p_curves(alphas, curves, [token_label(t) for t in tokens], is_target_token(log_odds, ids),
+                               ax=ax, colors=token_colors(len(ids)), title=title or "")
+
+
+def plot_delta_p_band(alphas: np.ndarray, mean: np.ndarray, spread: np.ndarray, labels: Sequence[str],
+                      is_target: Sequence[bool], *, ax: plt.Axes | None = None, title: str = "",
+                      band_label: str = "± 1 std") -> plt.Axes:
+    """Mean curves ``Δp(z, α)`` with a band ``mean ± spread`` (App. A's resampling, Fig. A.3), one colour per
+    token, target tokens solid and the others dashed, as :func:`plot_delta_p_curves`.
+
+    Args:
+        alphas: shape ``(A,)``.
+        mean, spread: shape ``(A, K)``: the mean curve and the half-width of its band.
+        labels, is_target: the ``K`` token labels and whether each is a target token.
+        ax: axes to draw on (a new figure when ``None``).
+        title: axes title.
+        band_label: legend entry of the band.
+    """
+    mean, spread = np.asarray(mean, dtype=float), np.asarray(spread, dtype=float)
+    if spread.shape != mean.shape:
+        raise ValueError(f"spread has shape {spread.shape}; it must match mean {mean.shape}")
+    colors = token_colors(len(labels))
+    ax = plot_delta_p_curves(alphas, mean, labels, is_target, ax=ax, colors=colors, title=title, legend=False)
+    for k, color in enumerate(colors):
+        ax.fill_between(np.asarray(alphas, dtype=float), mean[:, k] - spread[:, k], mean[:, k] + spread[:, k],
+                        color=color, alpha=0.18, linewidth=0)
+    handles, _ = ax.get_legend_handles_labels()
+    band = mpl.patches.Patch(color=REFERENCE_COLOR, alpha=0.18, label=band_label)
+    ax.legend(handles=handles + [band], fontsize=7, loc="best")
+    return ax
 
 
 MACHINE_MARKERS = ("o", "s", "^", "D", "v", "P")

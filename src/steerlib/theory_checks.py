@@ -407,3 +407,95 @@ def majority_words(shares: Mapping[int, float]) -> str:
     if not above:
         return "not more than half at any block"
     return f"more than half at {block_words(above)} only"
+
+
+def pooled_peak_order(orders: Sequence[PeakOrder]) -> PeakOrder:
+    """Several :class:`PeakOrder` (one per concept) as one: pairs and tokens summed, each median peak the median
+    of the concepts' medians that exist (``nan`` when no concept has a rising token of that kind, e.g. no
+    off-target token rises at all), so a block without off-target curves is a count, not an empty median."""
+    if not orders:
+        raise ValueError("no peak orders to pool")
+
+    def median(values):
+        present = [value for value in values if np.isfinite(value)]
+        return float(np.median(present)) if present else float("nan")
+
+    return PeakOrder(sum(o.n_pairs for o in orders), sum(o.n_ordered for o in orders),
+                     sum(o.n_target for o in orders), sum(o.n_off_target for o in orders),
+                     median([o.median_target_peak for o in orders]), median([o.median_off_target_peak for o in orders]))
+
+
+def poisson_binomial_tail(probabilities: Sequence[float], observed: int) -> float:
+    """``P(X >= observed)`` for ``X`` a sum of independent Bernoulli variables of the given probabilities (the
+    exact Poisson-binomial law, by convolution): the one-sided p-value of a count against its base rates."""
+    law = np.array([1.0])
+    for p in np.asarray(probabilities, dtype=np.float64):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probability {p} is not in [0, 1]")
+        law = np.convolve(law, [1.0 - p, p])
+    return float(np.clip(law[max(int(observed), 0):].sum(), 0.0, 1.0))
+
+
+@dataclass
+class BaseRateTest:
+    """A share of chosen tokens on one side of ``M = 0`` held against the same share over the whole vocabulary.
+
+    Args:
+        n_tokens: tokens tested (pooled over concepts).
+        n_hits: those on the side tested (``M > 0``, or ``M <= 0``).
+        share: ``n_hits / n_tokens``.
+        base_rate: the share expected by chance: the mean over the tokens of their concept's share of the
+            vocabulary on that side.
+        p_value: ``P(X >= n_hits)`` when each token falls on that side with its concept's base rate
+            (:func:`poisson_binomial_tail`); small when the chosen tokens are on that side more often than a
+            token drawn at random from the vocabulary.
+    """
+
+    n_tokens: int
+    n_hits: int
+    share: float
+    base_rate: float
+    p_value: float
+
+
+def base_rate_test(log_odds: Sequence[np.ndarray], token_ids: Sequence[Sequence[int]],
+                   side: str = "positive") -> BaseRateTest:
+    """Are the tokens ``token_ids[c]`` of each concept ``c`` on one side of ``M = 0`` more often than the
+    vocabulary is?
+
+    Th. 3.3 says that the tokens dominating at large ``α > 0`` are target tokens, ``M(z) > 0`` (Lemma B.4), and
+    those dominating at large ``α < 0`` off-target ones. On an LLM most of the vocabulary can have ``M > 0``
+    (the base rate), so a share above one half says nothing: only a share above the base rate does. Each token
+    of concept ``c`` is a Bernoulli draw with that concept's base rate; the p-value is the upper tail of their sum.
+
+    Args:
+        log_odds: ``M(z)`` over the vocabulary, one array per concept.
+        token_ids: the tokens tested, one sequence per concept (e.g. the top tokens of its sweeps).
+        side: ``"positive"`` (``M > 0``, target tokens) or ``"nonpositive"`` (``M <= 0``, off-target tokens).
+    """
+    if side not in ("positive", "nonpositive"):
+        raise ValueError(f"side={side!r}: use 'positive' (M > 0) or 'nonpositive' (M <= 0)")
+    if len(log_odds) != len(token_ids):
+        raise ValueError(f"{len(log_odds)} log-odds arrays for {len(token_ids)} token lists: give one per concept")
+    rates, hits = [], 0
+    for values, ids in zip(log_odds, token_ids):
+        on_side = np.asarray(values) > 0 if side == "positive" else np.asarray(values) <= 0
+        ids = np.asarray(ids, dtype=np.int64)
+        rates += [float(on_side.mean())] * len(ids)
+        hits += int(on_side[ids].sum())
+    if not rates:
+        raise ValueError("no tokens to test")
+    return BaseRateTest(len(rates), hits, hits / len(rates), float(np.mean(rates)), poisson_binomial_tail(rates, hits))
+
+
+def word_token_ids(tokenizer, words: Sequence[str]) -> dict[str, int]:
+    """The vocabulary tokens that are whole words of ``words``: each word as written, with a leading space and
+    capitalised with a leading space (how a word appears inside a sentence), kept when the tokenizer writes it
+    as one token. Returns ``{token string: token id}`` (each id once)."""
+    found: dict[str, int] = {}
+    for word in words:
+        for variant in (word, f" {word}", f" {word.capitalize()}"):
+            ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] not in found.values():
+                found[variant] = int(ids[0])
+    return found

@@ -49,7 +49,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from steerlib.models import LoadedModel, check_texts, last_position_log_probs, read_blocks
+from steerlib.models import (LoadedModel, check_texts, last_position_log_probs, padded_batch, read_blocks,
+                             record_block_outputs)
 from steerlib.prompts import load_prompt_set
 from steerlib.store import Result, atomic_write, content_key, load_or_compute
 
@@ -491,22 +492,83 @@ def concept_bootstrap_vectors(
                              layers, lm.name, concept, setting, n_resamples, seed, first_position, normalise)
 
 
+LogOddsPositions = Literal["last", "all"]
+
+
+def all_positions_mean_log_probs(lm: LoadedModel, texts: Sequence[str], layer: int | None = None,
+                                 batch_size: int = 8) -> np.ndarray:
+    """``(1/n) Σ_j (1/T_j) Σ_t log p(· | c_{j,≤t})``: the next-token log-probabilities after every prefix of each
+    text (every real position, padding excluded), averaged over the text's ``T_j`` positions, then over the
+    texts; float64, ``(vocabulary,)``. With ``layer``, read from that block through the final norm and the
+    unembedding, as :func:`steerlib.models.last_position_log_probs`."""
+    texts = check_texts(texts, "texts")
+    stop_at = lm.n_layers - 1 if layer is None else lm.check_layer(layer)
+    total = torch.zeros(lm.unembedding.weight.shape[0], dtype=torch.float64)
+    for start in range(0, len(texts), batch_size):
+        batch = padded_batch(lm, texts[start:start + batch_size], "left")
+        hidden = record_block_outputs(lm, batch, [stop_at], lambda h: h)[stop_at]
+        mask = batch["attention_mask"].bool()
+        weights = (1.0 / mask.sum(dim=1, keepdim=True).double()).expand_as(mask)[mask].cpu()
+        rows = hidden[mask]
+        with torch.no_grad():
+            for chunk, weight in zip(rows.split(256), weights.split(256)):  # 256 rows of vocabulary-wide logits
+                log_probs = lm.logits(chunk).float().log_softmax(dim=-1).double().cpu()
+                total += (weight[:, None] * log_probs).sum(dim=0)
+    return (total / len(texts)).numpy()
+
+
 def log_odds(lm: LoadedModel, positive: Sequence[str], negative: Sequence[str], layer: int | None = None,
-             batch_size: int = 8) -> np.ndarray:
+             batch_size: int = 8, positions: LogOddsPositions = "last") -> np.ndarray:
     """The model's log-odds ``M(z) = mean_{P} log p(z|c) − mean_{N} log p(z|c)`` (Def. 3.2, App. A).
 
-    ``p(· | c)`` is the model's next-token distribution at the last position of each prompt (with ``layer``,
-    the logit lens at that block, see :func:`steerlib.models.last_position_log_probs`). With ``|P| = |N| = q``
-    this is Def. 3.2's ``(1/q) log(Π_P p / Π_N p)``. Returns a float64 array of size ``vocabulary``.
+    ``p(· | c)`` is the model's next-token distribution at the last position of each prompt (``positions="last"``,
+    the book's definition), or after every prefix of it, averaged over its positions (``"all"``,
+    :func:`all_positions_mean_log_probs`). With ``layer``, the logit lens at that block (see
+    :func:`steerlib.models.last_position_log_probs`). With ``|P| = |N| = q`` the last-position form is
+    Def. 3.2's ``(1/q) log(Π_P p / Π_N p)``. Returns a float64 array of size ``vocabulary``.
     """
+    if positions == "all":
+        return (all_positions_mean_log_probs(lm, positive, layer, batch_size)
+                - all_positions_mean_log_probs(lm, negative, layer, batch_size))
+    if positions != "last":
+        raise ValueError(f"positions={positions!r}: use 'last' or 'all'.")
     positive_log_probs = last_position_log_probs(lm, positive, layer, batch_size)
     negative_log_probs = last_position_log_probs(lm, negative, layer, batch_size)
     return (positive_log_probs.double().mean(dim=0) - negative_log_probs.double().mean(dim=0)).numpy()
 
 
+@dataclass
+class MeanLogProbs(Result):
+    """:func:`all_positions_mean_log_probs` of a prompt set, saved: ``values`` ``(vocabulary,)`` and the
+    parameters (model, dtype, concept, kind, size) that made it."""
+
+    values: np.ndarray
+    parameters: dict
+
+
 def concept_log_odds(lm: LoadedModel, concept: str, setting: str, n_texts: int, folder: str | os.PathLike,
-                     progress: bool = True, prompt_folder: str | os.PathLike | None = None) -> np.ndarray:
-    """:func:`log_odds` of ``concept`` with P and N of ``setting`` from its saved prompt sets, from the cached
-    forward pass of :func:`prompt_set_activations` (float64, one entry per vocabulary token)."""
-    positive, negative = _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder)
-    return positive.mean_last_log_probs - negative.mean_last_log_probs
+                     progress: bool = True, prompt_folder: str | os.PathLike | None = None,
+                     positions: LogOddsPositions = "last") -> np.ndarray:
+    """:func:`log_odds` of ``concept`` with P and N of ``setting`` from its saved prompt sets (float64, one entry
+    per vocabulary token). ``positions="last"`` (the book's ``M``) reads the cached forward pass of
+    :func:`prompt_set_activations`; ``"all"`` averages over every position of the texts, cached under ``folder``
+    as well."""
+    if positions == "last":
+        positive, negative = _set_pair(lm, concept, setting, n_texts, folder, progress, prompt_folder)
+        return positive.mean_last_log_probs - negative.mean_last_log_probs
+    if positions != "all":
+        raise ValueError(f"positions={positions!r}: use 'last' or 'all'.")
+    means = []
+    for kind in ("positive", NEGATIVE_KIND[check_setting(setting)]):
+        texts = load_prompt_set(concept, kind, prompt_folder)[:n_texts]
+        if len(texts) < n_texts:
+            raise ValueError(f"the {kind} prompt set of {concept!r} has {len(texts)} texts, fewer than n_texts = "
+                             f"{n_texts}: lower n_texts")
+        parameters = {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "concept": concept,
+                      "kind": kind, "n_texts": n_texts, "positions": "all"}
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{lm.name}-{concept}-{kind}-n{n_texts}")
+        path = Path(folder) / f"{name}-all-positions-{content_key(parameters, texts)}.npz"
+        compute = (lambda texts=texts, parameters=parameters:
+                   MeanLogProbs(all_positions_mean_log_probs(lm, texts), parameters))
+        means.append(load_or_compute(path, compute, MeanLogProbs).values)
+    return means[0] - means[1]
