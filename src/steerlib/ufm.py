@@ -1297,3 +1297,68 @@ def distance_up_to_constant(x, y) -> float:
     """``min_c max_z |x_z - y_z - c|`` = half the range of ``x - y``: how far ``x`` is from ``y + const``."""
     diff = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     return float(np.ptp(diff) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Choosing α exactly (chapter "Choosing α"): the sweet spot of Th. 3.3 and the ΔCE budget of Th. 3.6/3.8
+# ---------------------------------------------------------------------------------------------------------
+
+def sweet_spot(p, M, target_members) -> tuple[float, float]:
+    """The α interval between the last off-target peak and the first target peak of Th. 3.3, for context ``c_j``.
+
+    ``lo = max_{z notin T, z bump} α(j, z)`` and ``hi = min_{z in T, z bump} α(j, z)`` (:func:`bump_location`;
+    tokens of ``M̄`` or ``M̲`` are monotone and have no peak). By Th. 3.3 (peak position) ``lo < hi``: on
+    ``[lo, hi]`` every off-target token is past its peak and fading while every target token still rises.
+    ``lo = -inf`` when no off-target token has a bump; ``hi = +inf`` when every target token lies in ``M̄``.
+
+    Args:
+        p: context row ``p(. | c_j)`` (full support), shape ``[V]``.
+        M: log-odds, shape ``[V]``.
+        target_members: token indices of the target concept ``T``.
+
+    Returns:
+        ``(lo, hi)``.
+    """
+    M = np.asarray(M, dtype=float)
+    members = _as_members(target_members, M.size)
+    peaks = bump_locations(p, M)
+    in_target = np.zeros(M.size, dtype=bool)
+    in_target[members] = True
+    finite = np.isfinite(peaks)
+    off, on = peaks[finite & ~in_target], peaks[finite & in_target]
+    return (float(off.max()) if off.size else float("-inf"), float(on.min()) if on.size else float("inf"))
+
+
+def budget_alpha(rows, weights, M, budget: float, *, xtol: float = 1e-12) -> float:
+    """The α >= 0 that maximises the target concept probability under the budget ``ΔCE(α) <= budget``.
+
+    Every context's ``F_{T,j}(α)`` increases with α (Th. 3.6, point 1) and ``ΔCE`` is convex with
+    ``ΔCE(0) = ΔCE'(0) = 0`` (Th. 3.8 and its exact derivatives), so ``{α : ΔCE(α) <= budget}`` is an interval
+    around 0 and the best α is its right end: the unique root of ``ΔCE(α) = budget`` on ``(0, ∞)``. It exists for
+    every ``budget > 0`` because ``ΔCE`` grows linearly (:func:`delta_ce_asymptotes`); it is bracketed by doubling
+    and refined by Brent's method. With one row and weight 1 the budget is on that context's KL divergence
+    ``KL(p(.|c_j) ‖ σ(f_α(c_j)))``.
+
+    Args:
+        rows: ``p(. | c_j)`` for every context, shape ``[m, V]``.
+        weights: ``pi_j``, shape ``[m]``.
+        M: log-odds, shape ``[V]`` (not constant).
+        budget: largest accepted ``ΔCE`` (nats), > 0.
+        xtol: absolute tolerance on α.
+    """
+    rows = _as_rows(rows)
+    weights = _as_weights(weights, rows.shape[0])
+    M = _as_log_odds(M, rows.shape[1])
+    budget = float(budget)
+    if not np.isfinite(budget) or budget <= 0:
+        raise ValueError(f"budget must be a positive number of nats; got {budget}")
+    if np.ptp(M) == 0:
+        raise ValueError("M is constant: steering does not change any distribution, every α fits the budget")
+
+    def excess(alpha: float) -> float:
+        return float(delta_ce(rows, weights, M, alpha)[0] - budget)
+
+    hi = 1.0
+    while excess(hi) < 0:
+        hi *= 2.0
+    return float(brentq(excess, 0.0, hi, xtol=xtol, rtol=4 * np.finfo(float).eps))
