@@ -203,3 +203,16 @@ def test_word_token_ids_keep_single_token_words():
         return {"input_ids": [vocabulary[text]] if text in vocabulary else [9, 9]}
 
     assert word_token_ids(words, ["sad", "joy", "gloom"]) == {"sad": 1, " sad": 2, " Sad": 3, " joy": 4}
+
+
+def test_quadratic_zone_ends_where_the_parabola_misses():
+    from steerlib.theory_checks import quadratic_zone
+
+    alphas = np.array([-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0])
+    exact = 0.5 * alphas + 2.0 * alphas**2
+    assert quadratic_zone(alphas, exact, 0.5, 2.0) == 1.0
+    bent = np.where(np.abs(alphas) > 0.2, 0.5 * exact, exact)  # leaves the parabola beyond |α| = 0.1
+    assert quadratic_zone(alphas, bent, 0.5, 2.0) == 0.1
+    assert quadratic_zone(alphas, -exact, 0.5, 2.0) == 0.0
+    with pytest.raises(ValueError):
+        quadratic_zone(alphas, exact[:3], 0.5, 2.0)
