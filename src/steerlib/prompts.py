@@ -350,3 +350,24 @@ def load_eval_prompts(path: str | Path | None = None) -> list[str]:
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError(f"{path} must hold a non-empty JSON list of strings (or {{'prompts': [...]}}).")
     return prompts
+
+
+def load_concept_words(concept: str, path: str | Path | None = None) -> list[str]:
+    """Words tied to ``concept`` (``data/concept_words.json``, written for this book): what "the dominating tokens
+    are concept words" is measured against (Table A.2, the grid chapter)."""
+    path = Path(path) if path is not None else data_path("concept_words.json")
+    words = json.loads(path.read_text(encoding="utf-8"))
+    if concept not in words:
+        raise ValueError(f"no word list for concept {concept!r} in {path}: add one (known: {', '.join(sorted(words))}).")
+    return list(words[concept])
+
+
+def is_concept_word(token: str, words: Sequence[str], min_prefix: int = 4) -> bool:
+    """Whether a decoded token is one of ``words``, or the start of one (a word split into several tokens, e.g.
+    ``' depress'`` of *depression*), once stripped of spaces and case.
+
+    A prefix counts only from ``min_prefix`` letters, so that ``' the'`` or ``' hat'`` (of *hatred*) do not."""
+    piece = token.strip().lower()
+    if not piece.isalpha():
+        return False
+    return any(piece == word or (len(piece) >= min_prefix and word.startswith(piece)) for word in words)

@@ -302,3 +302,21 @@ def load_or_compute(path: str | os.PathLike, compute: Callable[[], R], result_ty
         result = compute()
         result.save(path)
         return result
+
+
+def machine_description(device="cpu") -> dict:
+    """Where a result was computed: CPU model, cores, PyTorch threads, device (with the GPU's name) and versions."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.lower().startswith("model name")]
+        cpu = names[0] if names else cpu
+    device = str(device)
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "accelerator": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+            "torch": torch.__version__, "python": platform.python_version()}

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Sequence
@@ -26,8 +27,8 @@ import torch
 
 from steerlib.models import LoadedModel, check_texts, mean_residual_norm
 from steerlib.steering import alpha_grid, check_positions, resolve_vector, steered_next_token_log_probs
-from steerlib.store import Result, content_key, load_or_compute
-from steerlib.vectors import SteeringVector, concept_vectors
+from steerlib.store import Result, content_key, load_or_compute, machine_description
+from steerlib.vectors import SteeringVector, concept_bootstrap_vectors, concept_log_odds, concept_vectors
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _kept_token_ids(probabilities: torch.Tensor, delta_p: torch.Tensor, zero: in
 
 
 def run(lm: LoadedModel, vector: SteeringVector | torch.Tensor, params: NextTokenParameters,
-        alphas_per_forward: int | None = None) -> NextTokenSweep:
+        alphas_per_forward: int | None = None, reference_norm: float | None = None) -> NextTokenSweep:
     """``Δp(z | prompt, α)`` over a grid of ``α`` (Def. 3.1, Fig. 6), from one α-batched forward.
 
     Args:
@@ -152,13 +153,16 @@ def run(lm: LoadedModel, vector: SteeringVector | torch.Tensor, params: NextToke
         vector: a :class:`steerlib.vectors.SteeringVector` of this model, or a 1-D tensor (then give ``layer``).
         params: the prompt, grid and options (:class:`NextTokenParameters`).
         alphas_per_forward: α values per forward pass (default all; does not change the result).
+        reference_norm: ``mean‖h‖`` over ``params.reference_texts`` when the caller has it already (many prompts
+            steered at one block share it); default measured here.
     """
     prompt, layer, positions, alpha_scale = params.prompt, params.layer, params.positions, params.alpha_scale
     top_k, keep_tokens = params.top_k, params.keep_tokens
     v, layer = resolve_vector(lm, vector, layer)
     grid = alpha_grid(params.alphas)
     reference = list(params.reference_texts) if params.reference_texts is not None else [prompt]
-    reference_norm = mean_residual_norm(lm, reference, layer)
+    if reference_norm is None:
+        reference_norm = mean_residual_norm(lm, reference, layer)
     vector_norm = float(v.norm())
     if vector_norm == 0.0:
         raise ValueError("the steering vector is zero: P and N have the same mean activation.")
@@ -235,3 +239,177 @@ def resampled_sweeps(lm: LoadedModel, vectors: Sequence[SteeringVector], params:
         curves.append(np.stack([sweep.curve(int(t)) for t in token_ids], axis=1))
     stacked = np.stack(curves)
     return sweep.alphas, stacked.mean(axis=0), stacked.std(axis=0)
+
+
+SHAPES = ("bump", "increasing", "decreasing", "flat")
+"""Curve shapes of :func:`steerlib.theory_checks.classify_curve`, in the order :class:`NextTokenGrid` codes them."""
+
+SIGNS = ("+", "-")
+"""The two half-lines of a symmetric grid: ``α >= 0`` (read at the largest α) and ``α <= 0`` (at the smallest)."""
+
+
+@dataclass
+class NextTokenGrid(Result):
+    """One concept's next-token curves over blocks × prompts × both signs, summarised curve by curve.
+
+    The paper's grid (Figs. 6, A.7-A.10, Table A.2) on one model. Each block ``ℓ`` is steered with the concept's
+    vector ``v^(ℓ)`` on every prompt ``c`` over one grid of *relative* strengths ``α_rel`` (``α = α_rel ·
+    mean‖h^(ℓ)‖ / ‖v^(ℓ)‖``, the mean over all prompts, first positions excluded), so blocks of different residual
+    norms compare. For each sign, the ``top_k`` most probable tokens at the end of that half-line are kept with the
+    shape of their curve (Th. 3.3, :func:`steerlib.theory_checks.classify_curve`) on the full grid and on every
+    other grid point (a verdict that changes is one that hangs on the grid step), their peak ``α_rel`` and their
+    log-odds ``M(z)`` (Def. 3.2); and Th. 3.3's peak order is counted over the ``keep_tokens`` curves that change
+    most (:func:`steerlib.theory_checks.peak_order`). Arrays are indexed ``[block, prompt, sign, rank]``.
+
+    Args:
+        layers: the blocks, shape ``(L,)``.
+        prompts: the evaluation prompts (``P`` of them).
+        alphas_relative: the grid of ``α_rel``, symmetric, containing 0.
+        units: ``mean‖h^(ℓ)‖ / ‖v^(ℓ)‖`` per block (``α = α_rel · unit``).
+        vector_norms: ``‖v^(ℓ)‖`` per block.
+        top_ids: token ids, ``(L, P, 2, top_k)``.
+        top_shapes, top_shapes_coarse: indices into :data:`SHAPES` on the full grid and on every other point.
+        top_peaks: ``α_rel`` of each curve's maximum on its half-line (signed).
+        top_log_odds: ``M(z)`` of each token.
+        pairs, ordered: (off-target, target) pairs decided on the grid and those peaking in Th. 3.3's order,
+            ``(L, P, 2)``.
+        target_base_rate: share of the vocabulary with ``M(z) > 0``, what a share of target tokens compares with.
+        token_strings: decoded string of every token id that appears, keyed by the id as a string.
+        parameters: model, dtype, concept, setting, texts per set, prompt source, resample, sizes.
+    """
+
+    layers: np.ndarray
+    prompts: list
+    alphas_relative: np.ndarray
+    units: np.ndarray
+    vector_norms: np.ndarray
+    top_ids: np.ndarray
+    top_shapes: np.ndarray
+    top_shapes_coarse: np.ndarray
+    top_peaks: np.ndarray
+    top_log_odds: np.ndarray
+    pairs: np.ndarray
+    ordered: np.ndarray
+    target_base_rate: float
+    token_strings: dict
+    parameters: dict
+
+
+def _half_line_summary(sweep: NextTokenSweep, unit: float, log_odds: np.ndarray, sign: str, top_k: int) -> dict:
+    from steerlib.theory_checks import classify, classify_curve, peak_order
+
+    inside = sweep.alphas >= 0 if sign == "+" else sweep.alphas <= 0
+    alphas = sweep.alphas[inside]
+    ends = (0.0, np.inf) if sign == "+" else (-np.inf, 0.0)
+    coarse = np.arange(len(alphas))[::-2][::-1] if sign == "+" else np.arange(len(alphas))[::2]
+    top = sweep.top_tokens("max" if sign == "+" else "min", top_k)
+    shapes, shapes_coarse, peaks = [], [], []
+    for token_id in top:
+        curve = sweep.curve(int(token_id))[inside]
+        shape, peak = classify_curve(alphas, curve)
+        shapes.append(SHAPES.index(shape))
+        shapes_coarse.append(SHAPES.index(classify_curve(alphas[coarse], curve[coarse])[0]))
+        peaks.append(peak / unit)
+    order = peak_order(classify(sweep, sweep.token_ids, alpha_range=ends), log_odds,
+                       alpha_end=float(alphas[-1] if sign == "+" else alphas[0]))
+    return {"ids": top, "shapes": shapes, "shapes_coarse": shapes_coarse, "peaks": peaks,
+            "log_odds": log_odds[top], "pairs": order.n_pairs, "ordered": order.n_ordered}
+
+
+def run_grid(lm: LoadedModel, vectors: dict[int, SteeringVector], log_odds: np.ndarray, prompts: Sequence[str],
+             alphas_relative: Sequence[float], top_k: int = 8, keep_tokens: int = 32,
+             alphas_per_forward: int | None = None, parameters: dict | None = None,
+             progress: bool = True) -> NextTokenGrid:
+    """:class:`NextTokenGrid` of one concept: every block of ``vectors`` steered on every prompt.
+
+    Args:
+        lm: the model.
+        vectors: ``{block: v^(ℓ)}``, e.g. :func:`steerlib.vectors.concept_vectors` with ``layers=None``.
+        log_odds: ``M(z)`` over the vocabulary (:func:`steerlib.vectors.concept_log_odds`), which says which tokens
+            are target tokens (Lemma B.4 as a definition).
+        prompts: the evaluation prompts.
+        alphas_relative: the grid of ``α_rel`` (symmetric, with an even number of magnitudes per side so that
+            every other point keeps both ends).
+        top_k: curves kept per half-line (the most probable tokens at its end).
+        keep_tokens: curves over which the peak order is counted.
+        alphas_per_forward: α values per forward pass (memory).
+        parameters: recorded with the result (concept, setting, source, ...).
+        progress: a progress bar over blocks.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    prompts = check_texts(prompts, "prompts")
+    grid = alpha_grid(alphas_relative)
+    if not np.allclose(grid, -grid[::-1]) or (len(grid) // 2) % 2:
+        raise ValueError(f"alphas_relative must be symmetric with an even number of magnitudes per side, got "
+                         f"{len(grid) // 2}: e.g. symmetric_alpha_grid(16, 20, 'log', 0.02).")
+    layers = sorted(vectors)
+    shape = (len(layers), len(prompts), len(SIGNS), top_k)
+    fields = {name: np.zeros(shape, dtype) for name, dtype in
+              (("ids", np.int64), ("shapes", np.int8), ("shapes_coarse", np.int8), ("peaks", np.float32),
+               ("log_odds", np.float32))}
+    pairs = np.zeros(shape[:3], np.int32)
+    ordered = np.zeros(shape[:3], np.int32)
+    units, vector_norms, strings = np.zeros(len(layers)), np.zeros(len(layers)), {}
+    for i, layer in enumerate(tqdm(layers, desc="blocks", disable=not progress)):
+        vector = vectors[layer]
+        reference_norm = mean_residual_norm(lm, prompts, layer)
+        vector_norms[i] = float(vector.vector.norm())
+        units[i] = reference_norm / vector_norms[i]
+        for j, prompt in enumerate(prompts):
+            params = NextTokenParameters(prompt, grid, layer=layer, alpha_scale="relative", top_k=top_k,
+                                         keep_tokens=keep_tokens, reference_texts=tuple(prompts))
+            sweep = run(lm, vector, params, alphas_per_forward, reference_norm=reference_norm)
+            for s, sign in enumerate(SIGNS):
+                summary = _half_line_summary(sweep, units[i], log_odds, sign, top_k)
+                for name, values in fields.items():
+                    values[i, j, s] = summary[name]
+                pairs[i, j, s], ordered[i, j, s] = summary["pairs"], summary["ordered"]
+            strings.update({str(t): sweep.token(int(t)) for t in sweep.top_at_max[:top_k]})
+            strings.update({str(t): sweep.token(int(t)) for t in sweep.top_at_min[:top_k]})
+    recorded = {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "top_k": top_k,
+                "keep_tokens": keep_tokens, **(parameters or {}), "machine": machine_description(lm.device),
+                "seconds": round(time.perf_counter() - started, 1)}
+    return NextTokenGrid(
+        layers=np.asarray(layers, dtype=np.int64), prompts=list(prompts), alphas_relative=grid.astype(np.float64),
+        units=units, vector_norms=vector_norms, top_ids=fields["ids"], top_shapes=fields["shapes"],
+        top_shapes_coarse=fields["shapes_coarse"], top_peaks=fields["peaks"], top_log_odds=fields["log_odds"],
+        pairs=pairs, ordered=ordered, target_base_rate=float(np.mean(log_odds > 0)), token_strings=strings,
+        parameters=recorded)
+
+
+def load_or_run_concept_grid(lm: LoadedModel, concept: str, setting: str, n_texts: int,
+                             activations_dir: str | os.PathLike, folder: str | os.PathLike, prompts: Sequence[str],
+                             alphas_relative: Sequence[float], layers: Sequence[int | str] | None = None,
+                             resample: int | None = None, prompt_folder: str | os.PathLike | None = None,
+                             source: str = "generated", top_k: int = 8, keep_tokens: int = 32,
+                             alphas_per_forward: int | None = None, progress: bool = True) -> NextTokenGrid:
+    """:func:`run_grid` for ``concept``'s vectors from its prompt sets, saved under ``folder`` and read back.
+
+    Args:
+        concept, setting, n_texts, activations_dir: as in :func:`steerlib.vectors.concept_vectors`.
+        folder: where the result goes (``next-token-grid-<concept>-<setting>-<key>.npz``).
+        prompts, alphas_relative, top_k, keep_tokens, alphas_per_forward: as in :func:`run_grid`.
+        layers: blocks (indices or ``"early"``/``"middle"``/``"last"``); default every block.
+        resample: ``None`` for the vector of all texts, ``r`` for the ``r``-th bootstrap resampling of P and N
+            (App. A error bars; :func:`steerlib.vectors.concept_bootstrap_vectors` with seed 0).
+        prompt_folder, source: the prompt-set files (default ``data/prompt_sets/``) and a name for them, recorded.
+    """
+    layers = lm.check_layers(layers)
+    if resample is None:
+        vectors = concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=layers, progress=progress,
+                                  prompt_folder=prompt_folder)
+    else:
+        vectors = concept_bootstrap_vectors(lm, concept, setting, n_texts, activations_dir, layers=layers,
+                                            n_resamples=resample + 1, progress=progress,
+                                            prompt_folder=prompt_folder)[resample]
+    log_odds = concept_log_odds(lm, concept, setting, n_texts, activations_dir, progress, prompt_folder)
+    parameters = {"concept": concept, "setting": setting, "n_texts": n_texts, "source": source,
+                  "resample": resample, "first_position": "exclude"}
+    key = content_key(lm.name, str(lm.dtype), [vectors[layer] for layer in layers], list(prompts),
+                      list(alpha_grid(alphas_relative)), top_k, keep_tokens, parameters)
+    path = Path(folder) / f"next-token-grid-{concept}-{setting}-{key}.npz"
+    return load_or_compute(path, lambda: run_grid(lm, vectors, log_odds, prompts, alphas_relative, top_k,
+                                                  keep_tokens, alphas_per_forward, parameters, progress),
+                           NextTokenGrid)

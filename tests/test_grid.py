@@ -1,0 +1,130 @@
+"""The paper's grid (steerlib.grid and next_token.run_grid): each summary equals the single sweep it comes from,
+tables and shares read back what was stored, bootstrap intervals cover the share, concept words match."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from steerlib import grid as grid_module
+from steerlib.experiments import next_token
+from steerlib.experiments.next_token import SHAPES, NextTokenGrid, NextTokenParameters, run, run_grid
+from steerlib.prompts import is_concept_word
+from steerlib.steering import symmetric_alpha_grid
+from steerlib.theory_checks import classify_curve, peak_order, classify
+from steerlib.vectors import SteeringVector
+from test_models import VOCABULARY, tiny_lm
+
+PROMPTS = ["steer me", "a b c d", "once upon"]
+GRID = symmetric_alpha_grid(8, 6, "log", 0.05)
+
+
+def vectors(lm, layers=(1, 2)) -> dict[int, SteeringVector]:
+    out = {}
+    for layer in layers:
+        v = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(layer))
+        out[layer] = SteeringVector(v, lm.name, layer, "joy", "random", 4, 4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def computed():
+    lm = tiny_lm("llama")
+    log_odds = np.random.default_rng(0).normal(size=VOCABULARY)
+    vs = vectors(lm)
+    result = run_grid(lm, vs, log_odds, PROMPTS, GRID, top_k=3, keep_tokens=12,
+                      parameters={"concept": "joy", "setting": "random", "resample": None}, progress=False)
+    return lm, vs, log_odds, result
+
+
+def test_each_summary_is_the_sweep_it_comes_from(computed):
+    lm, vs, log_odds, result = computed
+    assert result.top_ids.shape == (2, 3, 2, 3)
+    i, j, layer = 1, 2, 2
+    unit = result.units[i]
+    params = NextTokenParameters(PROMPTS[j], GRID, layer=layer, alpha_scale="relative", top_k=3, keep_tokens=12,
+                                 reference_texts=tuple(PROMPTS))
+    sweep = run(lm, vs[layer], params)
+    assert sweep.reference_norm / vs[layer].norm == pytest.approx(unit)
+    for s, (at, inside) in enumerate((("max", sweep.alphas >= 0), ("min", sweep.alphas <= 0))):
+        top = sweep.top_tokens(at, 3)
+        np.testing.assert_array_equal(result.top_ids[i, j, s], top)
+        for r, token in enumerate(top):
+            shape, peak = classify_curve(sweep.alphas[inside], sweep.curve(int(token))[inside])
+            assert SHAPES[result.top_shapes[i, j, s, r]] == shape
+            assert result.top_peaks[i, j, s, r] == pytest.approx(peak / unit, rel=1e-5)
+            assert result.top_log_odds[i, j, s, r] == pytest.approx(log_odds[token], rel=1e-6)
+        ends = (0, np.inf) if at == "max" else (-np.inf, 0)
+        order = peak_order(classify(sweep, sweep.token_ids, alpha_range=ends), log_odds,
+                           alpha_end=float(sweep.alphas[inside][-1 if at == "max" else 0]))
+        assert (result.pairs[i, j, s], result.ordered[i, j, s]) == (order.n_pairs, order.n_ordered)
+    assert result.target_base_rate == pytest.approx(np.mean(log_odds > 0))
+
+
+def test_grid_must_be_symmetric_with_an_even_count_per_side(computed):
+    lm, vs, log_odds, _ = computed
+    with pytest.raises(ValueError, match="even number"):
+        run_grid(lm, vs, log_odds, PROMPTS, symmetric_alpha_grid(8, 5), progress=False)
+    with pytest.raises(ValueError, match="symmetric"):
+        run_grid(lm, vs, log_odds, PROMPTS, [0, 1, 2, 3, 4], progress=False)
+
+
+def test_saved_grid_reads_back_into_tables(computed, tmp_path):
+    _, _, _, result = computed
+    result.save(tmp_path / "next_token" / "next-token-grid-joy-random-x.npz")
+    grids = grid_module.load_next_token_grids(tmp_path)
+    table = grid_module.next_token_table(grids, {"joy": [t.strip().lower() for t in result.token_strings.values()]})
+    assert len(table) == result.top_ids.size
+    assert table["bump"].sum() == (result.top_shapes == SHAPES.index("bump")).sum()
+    assert table["target"].sum() == (result.top_log_odds > 0).sum()
+    assert set(table["sign"]) == {"+", "-"} and table["resample"].eq(-1).all()
+    alphabetic = [t.strip().isalpha() for t in table["token"]]
+    np.testing.assert_array_equal(table["concept_word"], alphabetic)
+    order = grid_module.peak_order_table(grids)
+    assert order["pairs"].sum() == result.pairs.sum() and order["ordered"].sum() == result.ordered.sum()
+    with pytest.raises(ValueError, match="compute them first"):
+        grid_module.load_next_token_grids(tmp_path / "empty")
+
+
+def test_shares_and_their_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"block": np.repeat([1, 2], 80), "concept": "joy", "prompt": np.tile(np.repeat(range(8), 10), 2),
+                          "bump": np.r_[rng.random(80) < 0.8, rng.random(80) < 0.2]})
+    result = grid_module.shares(table, "bump")
+    for block in (1, 2):
+        row = result.loc[(block, "joy")]
+        assert row["share"] == pytest.approx(table[table.block == block]["bump"].mean())
+        assert row["low"] <= row["share"] <= row["high"] and row["n"] == 80
+    assert result.loc[(1, "joy"), "low"] > result.loc[(2, "joy"), "high"]
+    counts = pd.DataFrame({"block": 1, "concept": "joy", "prompt": range(4), "ordered": [1, 2, 0, 3],
+                           "pairs": [2, 2, 0, 4]})
+    assert grid_module.shares(counts, "ordered", total="pairs").loc[(1, "joy"), "share"] == pytest.approx(0.75)
+
+
+def test_resampling_spread_needs_resampled_rows():
+    table = pd.DataFrame({"block": 1, "concept": "joy", "prompt": 0, "resample": [0, 0, 1, 1, -1],
+                          "bump": [True, True, False, True, False]})
+    spread = grid_module.resampling_spread(table, "bump", level=1.0)
+    assert spread.loc[(1, "joy"), "low"] == 0.5 and spread.loc[(1, "joy"), "high"] == 1.0
+    with pytest.raises(ValueError, match="resample_layers"):
+        grid_module.resampling_spread(table[table["resample"] < 0], "bump")
+
+
+@pytest.mark.parametrize("token, expected", [(" evil", True), ("Evil", True), (" depress", True), (" the", False),
+                                             (" hat", False), (" hatr", True), ("\n", False), (" evil!", False)])
+def test_concept_words(token, expected):
+    assert is_concept_word(token, ["evil", "depression", "hatred"]) is expected
+
+
+def test_results_folder_names_the_model(tmp_path):
+    assert grid_module.results_folder("Qwen/Qwen3-0.6B", tmp_path) == tmp_path / "Qwen_Qwen3-0.6B"
+
+
+def test_grid_result_round_trips(computed, tmp_path):
+    _, _, _, result = computed
+    back = NextTokenGrid.load(result.save(tmp_path / "g.npz"))
+    np.testing.assert_array_equal(back.top_shapes, result.top_shapes)
+    assert back.token_strings == result.token_strings and back.parameters["concept"] == "joy"
+    assert next_token.SIGNS == ("+", "-")
