@@ -10,6 +10,7 @@ One module per idea (each docstring says which chapter teaches it):
 ``prompts``            prompt sets P and N (App. A) and the evaluation prompts
 ``corpora``            evaluation text: packaged corpora, FineWeb, token blocks
 ``judge``              judges of concept presence and their agreement with our labels
+``choose``             choosing α per prompt from one next-token sweep (``choose_alpha``), and its validation
 ``stats``              confidence bands, fits, divergences, slopes
 ``experiments``        one module per measured quantity: parameters, ``Result``, ``run``, ``load_or_run``
 ``theory_checks``      measured curves held against Th. 3.3 and App. A
@@ -42,10 +43,10 @@ _EXPORTS = {
     "steered_target_log_probs": "steering", "limit_logits": "steering", "alpha_grid": "steering",
     "symmetric_alpha_grid": "steering",
     "load_prompt_set": "prompts", "load_eval_prompts": "prompts", "corpus_blocks": "corpora",
-    "CheckTable": "checks",
+    "CheckTable": "checks", "choose_alpha": "choose",
 }
-_MODULES = ("checks", "corpora", "experiments", "judge", "models", "plots", "prompts", "stats", "steering", "store",
-            "theory_checks", "tinygpt", "ufm", "vectors")
+_MODULES = ("checks", "choose", "corpora", "experiments", "judge", "models", "plots", "prompts", "stats", "steering",
+            "store", "theory_checks", "tinygpt", "ufm", "vectors")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 
