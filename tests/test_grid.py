@@ -113,9 +113,10 @@ def test_resampling_spread_needs_resampled_rows():
 
 
 @pytest.mark.parametrize("token, expected", [(" evil", True), ("Evil", True), (" depress", True), (" the", False),
-                                             (" hat", False), (" hatr", True), ("\n", False), (" evil!", False)])
+                                             (" hat", False), (" hatre", True), (" with", False), (" withd", False),
+                                             ("\n", False), (" evil!", False)])
 def test_concept_words(token, expected):
-    assert is_concept_word(token, ["evil", "depression", "hatred"]) is expected
+    assert is_concept_word(token, ["evil", "depression", "hatred", "withdrawn"]) is expected
 
 
 def test_results_folder_names_the_model(tmp_path):

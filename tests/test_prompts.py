@@ -110,3 +110,30 @@ def test_generate_prompt_sets_end_to_end(tiny_chat_lm, tmp_path):
                                          folder=tmp_path / "again")
     assert load_prompt_records("joy", folder=tmp_path / "again") == records
     assert again["joy"].exists()
+
+
+def test_written_prompt_sets_pair_p_and_n_on_the_same_situation():
+    folder = prompts.prompt_sets_folder("written")
+    for concept in CONCEPTS:
+        records = load_prompt_records(concept, folder=folder)
+        by_kind = {kind: [r for r in records if r["kind"] == kind] for kind in KINDS}
+        positive, negative = by_kind["positive"], by_kind["negative_contrastive"]
+        assert len(positive) == len(negative) == 64 and len(by_kind["negative_random"]) == 32
+        assert [r["index"] for r in positive] == list(range(64)) == [r["index"] for r in negative]
+        assert all(p["situation"] == n["situation"] and p["source"] == n["source"] == "written"
+                   for p, n in zip(positive, negative))
+        assert all(r["source"] == "generated" for r in by_kind["negative_random"])
+        assert len({r["text"] for r in positive + negative}) == 128
+        words = prompts.load_concept_words(concept)
+
+        def word_count(texts):
+            return sum(prompts.is_concept_word(token, words) for text in texts
+                       for token in text.replace(",", " ").replace(".", " ").split())
+
+        in_p, in_n = word_count(r["text"] for r in positive), word_count(r["text"] for r in negative)
+        assert in_p >= 5 and 5 * in_n <= in_p, (concept, in_p, in_n)
+    assert len(load_eval_prompts()) >= 16
+    with pytest.raises(ValueError, match="written"):
+        prompts.prompt_sets_folder("hand-made")
+    with pytest.raises(ValueError, match="no word list"):
+        prompts.load_concept_words("boredom")

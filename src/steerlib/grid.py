@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,6 +75,211 @@ def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, p
             lm, concept, setting, n_texts, activations_dir, folder, prompts, alphas_relative, blocks, resample,
             prompt_folder, source, alphas_per_forward=alphas_per_forward, progress=False))
     return grids
+
+
+def _vectors_and_units(lm, concept, setting, n_texts, activations_dir, layers, prompts, prompt_folder):
+    from steerlib.models import mean_residual_norm
+    from steerlib.vectors import concept_vectors
+
+    vectors = concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=layers, progress=False,
+                              prompt_folder=prompt_folder)
+    return {layer: (v, mean_residual_norm(lm, prompts, layer) / v.norm) for layer, v in vectors.items()}
+
+
+def compute_concept_probability(lm, concepts: Sequence[str], folder: str | os.PathLike, prompts: Sequence[str],
+                                alphas_relative: Sequence[float], n_texts: int, activations_dir: str | os.PathLike,
+                                setting: str = "contrastive", layers=("early", "middle", "last"), n_samples: int = 4,
+                                max_new_tokens: int = 24, judge=None, seed: int = 0,
+                                prompt_folder: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Concept probability (Sec. 5, Figs. A.11, A.12) of every concept at a few blocks, into ``folder``.
+
+    The grid is relative, ``α = α_rel · mean‖h^(ℓ)‖ / ‖v^(ℓ)‖`` (the mean over ``prompts``), so that one grid fits
+    every block; each sweep is a :class:`steerlib.experiments.concept_probability.ConceptSweep` (completions kept,
+    judged by ``judge``: default the embedding judge calibrated on our labels), saved under
+    ``folder/concept_probability/``. Returns ``{(concept, block): sweep}``.
+    """
+    from tqdm.auto import tqdm
+
+    from steerlib.experiments import concept_probability
+    from steerlib.judge import calibrated_embedding_judge
+
+    judge = judge if judge is not None else calibrated_embedding_judge()
+    out = Path(folder) / "concept_probability"
+    layers = lm.check_layers(list(layers))
+    grid = np.asarray(alphas_relative, dtype=float)
+    sweeps = {}
+    for concept in tqdm(concepts, desc="concept probability", disable=not progress):
+        for layer, (v, unit) in _vectors_and_units(lm, concept, setting, n_texts, activations_dir, layers, prompts,
+                                                   prompt_folder).items():
+            params = concept_probability.ConceptParameters(prompts, grid * unit, n_samples, max_new_tokens, seed)
+            sweeps[concept, layer] = concept_probability.load_or_run(lm, v, judge, params, out, progress=False)
+    return sweeps
+
+
+def compute_cross_entropy(lm, concepts: Sequence[str], folder: str | os.PathLike, blocks,
+                          alphas_relative: Sequence[float], n_texts: int, activations_dir: str | os.PathLike,
+                          setting: str = "random", layers=("early", "middle", "last"), corpus: str = "",
+                          prompt_folder: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """``ΔCE(α)`` (Th. 3.8, Fig. A.13) of every concept at a few blocks, on the corpus ``blocks``, into
+    ``folder/cross_entropy/`` (:class:`steerlib.experiments.cross_entropy.CrossEntropySweep`, relative α: the unit
+    is measured on the scored tokens). Returns ``{(concept, block): sweep}``."""
+    from tqdm.auto import tqdm
+
+    from steerlib.experiments import cross_entropy
+    from steerlib.vectors import concept_log_odds, concept_vectors
+
+    out = Path(folder) / "cross_entropy"
+    layers = lm.check_layers(list(layers))
+    sweeps = {}
+    for concept in tqdm(concepts, desc="cross-entropy", disable=not progress):
+        vectors = concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=layers, progress=False,
+                                  prompt_folder=prompt_folder)
+        log_odds = concept_log_odds(lm, concept, setting, n_texts, activations_dir, False, prompt_folder)
+        for layer in layers:
+            params = cross_entropy.CrossEntropyParameters(alphas_relative, layer=layer, alpha_scale="relative",
+                                                          corpus=corpus)
+            sweeps[concept, layer] = cross_entropy.load_or_run(lm, blocks, vectors[layer], params, out,
+                                                               log_odds=log_odds, progress=False)
+    return sweeps
+
+
+def first_position_comparison(lm, concepts: Sequence[str], n_texts: int, activations_dir: str | os.PathLike,
+                              layer: int, prompts: Sequence[str], alpha: float, setting: str = "random",
+                              top_k: int = 8, prompt_folder: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The authors' vector (first position of every text kept in the means) beside the book's (left out), per
+    concept at one block: cosine, norms, and how many of the ``top_k`` tokens winning at ``α`` (absolute, the
+    same for both) they share, averaged over ``prompts``."""
+    from steerlib.steering import steered_next_token_log_probs
+    from steerlib.vectors import concept_vectors
+
+    rows = []
+    for concept in concepts:
+        pair = {first: concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=[layer],
+                                       first_position=first, progress=False, prompt_folder=prompt_folder)[layer]
+                for first in ("include", "exclude")}
+        shared = []
+        for prompt in prompts:
+            tops = [set(steered_next_token_log_probs(lm, prompt, v, [alpha], layer)[0].topk(top_k).indices.tolist())
+                    for v in pair.values()]
+            shared.append(len(tops[0] & tops[1]))
+        include, exclude = pair["include"].vector.double(), pair["exclude"].vector.double()
+        rows.append({"concept": concept, "block": layer, "alpha": alpha,
+                     "cosine": float(include @ exclude / (include.norm() * exclude.norm())),
+                     "norm_authors": float(include.norm()), "norm_book": float(exclude.norm()),
+                     "shared_top_tokens": float(np.mean(shared)), "top_k": top_k})
+    return pd.DataFrame(rows)
+
+
+def joined_labels(sweep, judge) -> np.ndarray:
+    """The authors' concept probability: each (α, prompt) labelled once over its ``K`` completions joined ("any of
+    K"), where the paper's text averages per-completion labels (:attr:`ConceptSweep.probability`). Returns the
+    share of prompts labelled 1 at each α."""
+    texts = [" ".join(samples) for per_alpha in sweep.completions for samples in per_alpha]
+    labels = np.asarray(judge(texts, sweep.parameters["concept"]).labels, dtype=float)
+    return labels.reshape(len(sweep.completions), -1).mean(axis=1)
+
+
+def load_results(folder: str | os.PathLike, kind: str) -> list:
+    """Every saved sweep of ``kind`` (``"concept_probability"`` or ``"cross_entropy"``) under ``folder/<kind>/``."""
+    from steerlib.experiments import concept_probability, cross_entropy
+
+    types = {"concept_probability": concept_probability.ConceptSweep,
+             "cross_entropy": cross_entropy.CrossEntropySweep}
+    if kind not in types:
+        raise ValueError(f"kind={kind!r}: use one of {', '.join(types)}.")
+    paths = sorted((Path(folder) / kind).glob("*.npz"))
+    if not paths:
+        raise ValueError(f"no {kind} results in {Path(folder) / kind}: compute them first (steerlib.grid, or the "
+                         "grid chapter with compute=True).")
+    return [types[kind].load(path) for path in paths]
+
+
+MANIFEST = "manifest.json"
+
+
+def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: float, sizes: dict, machine: dict) -> None:
+    """Add one computed (part, concept) to ``folder/manifest.json``: wall seconds, sizes and machine, so the grid
+    chapter says what produced every figure. Safe when several runner jobs write at once (a file lock)."""
+    import json
+
+    from filelock import FileLock
+
+    from steerlib.store import atomic_write
+
+    path = Path(folder) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+        manifest.setdefault(part, {})[concept] = {"seconds": round(float(seconds), 1), "sizes": sizes,
+                                                  "machine": machine}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """``folder/manifest.json`` (:func:`record_run`), or an empty dict when the folder has none."""
+    import json
+
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, sizes: dict,
+                       activations_dir: str | os.PathLike, parts: Sequence[str] = ("next_token", "concept_probability",
+                                                                                   "cross_entropy", "authors"),
+                       prompt_folder: str | os.PathLike | None = None, source: str = "generated",
+                       progress: bool = True) -> None:
+    """The whole grid of one model for ``concepts``, part by part, each (part, concept) timed into the manifest.
+
+    ``sizes`` holds what the parts need: ``prompts``, ``n_texts``, ``next_token_alphas`` (relative), ``layers``
+    (next-token blocks, ``None`` for all), ``resample_layers``, ``n_resamples``, ``figure_layers`` (blocks of the
+    concept-probability and ΔCE parts), ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts``
+    (concept probability), ``ce_alphas``, ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and
+    ``authors_alpha`` (the authors' choices).
+    """
+    from steerlib.judge import calibrated_embedding_judge
+    from steerlib.store import atomic_write, machine_description
+
+    machine = machine_description(lm.device)
+    recorded = {key: (np.asarray(value).tolist() if key in ("next_token_alphas", "concept_alphas", "ce_alphas")
+                      else value) for key, value in sizes.items() if key != "ce_blocks"}
+    judge = calibrated_embedding_judge() if {"concept_probability", "authors"} & set(parts) else None
+    for concept in concepts:
+        for part in parts:
+            started = time.perf_counter()
+            if part == "next_token":
+                compute_next_token(lm, [concept], folder, sizes["prompts"], sizes["next_token_alphas"],
+                                   sizes["n_texts"], activations_dir, layers=sizes["layers"],
+                                   resample_layers=sizes["resample_layers"], n_resamples=sizes["n_resamples"],
+                                   prompt_folder=prompt_folder, source=source, progress=progress)
+            elif part == "concept_probability":
+                compute_concept_probability(lm, [concept], folder, sizes["cp_prompts"], sizes["concept_alphas"],
+                                            sizes["n_texts"], activations_dir, layers=sizes["figure_layers"],
+                                            n_samples=sizes["n_samples"], max_new_tokens=sizes["max_new_tokens"],
+                                            judge=judge, prompt_folder=prompt_folder, progress=False)
+            elif part == "cross_entropy":
+                compute_cross_entropy(lm, [concept], folder, sizes["ce_blocks"], sizes["ce_alphas"], sizes["n_texts"],
+                                      activations_dir, layers=sizes["figure_layers"], corpus=sizes["corpus"],
+                                      prompt_folder=prompt_folder, progress=False)
+            elif part == "authors":
+                table = first_position_comparison(lm, [concept], sizes["n_texts"], activations_dir,
+                                                  sizes["authors_layer"], sizes["prompts"], sizes["authors_alpha"],
+                                                  prompt_folder=prompt_folder)
+                sweeps = compute_concept_probability(lm, [concept], folder, sizes["cp_prompts"],
+                                                     sizes["concept_alphas"], sizes["n_texts"], activations_dir,
+                                                     layers=sizes["figure_layers"], n_samples=sizes["n_samples"],
+                                                     max_new_tokens=sizes["max_new_tokens"], judge=judge,
+                                                     prompt_folder=prompt_folder, progress=False)
+                joined = pd.DataFrame([{"concept": c, "block": layer, "alpha": alpha, "per_completion": p, "joined": j}
+                                       for (c, layer), sweep in sweeps.items()
+                                       for alpha, p, j in zip(sweep.alphas, sweep.probability,
+                                                              joined_labels(sweep, judge))])
+                out = Path(folder) / "authors"
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write(out / f"first-position-{concept}.csv", lambda tmp: table.to_csv(tmp, index=False))
+                atomic_write(out / f"joined-labels-{concept}.csv", lambda tmp: joined.to_csv(tmp, index=False))
+            else:
+                raise ValueError(f"unknown part {part!r}: use next_token, concept_probability, cross_entropy, authors.")
+            record_run(folder, part, concept, time.perf_counter() - started, recorded, machine)
 
 
 def load_next_token_grids(folder: str | os.PathLike) -> list:
@@ -174,7 +380,8 @@ def shares(table: pd.DataFrame, column: str, by: Sequence[str] = ("block", "conc
             boot = numerator[draws].sum(axis=1) / denominator[draws].sum(axis=1)
         low, high = np.nanpercentile(boot, [50 * (1 - level), 50 * (1 + level)]) if np.isfinite(boot).any() \
             else (np.nan, np.nan)
-        rows.append((*(key if isinstance(key, tuple) else (key,)), _ratio(group, column, total), low, high, denominator.sum()))
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append((*key, _ratio(group, column, total), low, high, denominator.sum()))
     return pd.DataFrame(rows, columns=[*by, "share", "low", "high", "n"]).set_index(by)
 
 
