@@ -1,0 +1,74 @@
+"""steerlib-report: the HTML page on a stand-in model (tests/stand_ins.py) and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stand_ins import save_stand_in
+
+from steerlib import report
+from steerlib.judge import JudgeResult
+from steerlib.models import load_model
+from steerlib.vectors import SteeringVector
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    folder = save_stand_in("qwen3", tmp_path_factory.mktemp("stand_in") / "qwen3")
+    lm = load_model(str(folder), device="cpu", dtype="float32")
+    v = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    path = SteeringVector(v, lm.name, 2, "joy", "random", 4, 4).save(folder.parent / "joy.safetensors")
+    return folder, lm, path
+
+
+def letter_judge(texts, concept):
+    """Present when the text holds the letter 'e' (a stand-in judge)."""
+    labels = np.array([int("e" in t) for t in texts])
+    return JudgeResult(labels, labels - 0.5)
+
+
+def test_build_report_shows_the_choice_the_curves_and_completions(stand_in):
+    _, lm, path = stand_in
+    vector = SteeringVector.load(path)
+    page = report.build_report(lm, vector, ["Hello there", "I think"], budget=0.5, alphas=np.linspace(0, 20, 11),
+                               judge=letter_judge, n_samples=2, max_new_tokens=4, corpus_tokens=64)
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert "Recommended α = " in page and "concept probability" in page.lower() and "ΔCE" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "Hello there" in page and "judged by letter_judge" in page
+
+
+def test_command_writes_the_page(stand_in, tmp_path, capsys):
+    folder, _, path = stand_in
+    out = tmp_path / "page.html"
+    code = report.main(["--model", str(folder), "--vector", str(path), "--prompt", "Hello", "--judge", "none",
+                        "--n-samples", "1", "--max-new-tokens", "3", "--alpha-max", "10", "--dtype", "float32",
+                        "--out", str(out)])
+    assert code == 0 and out.exists() and "not judged" in out.read_text()
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "0"], "budget"),
+    (["--budget", "-2"], "budget"),
+    (["--prompt", " "], "non-empty string"),
+    (["--n-samples", "0"], "at least 1"),
+])
+def test_errors_before_any_work(stand_in, tmp_path, capsys, extra, message):
+    folder, _, path = stand_in
+    code = report.main(["--model", str(folder), "--vector", str(path), "--out", str(tmp_path / "x.html"), *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_errors_for_the_vector(stand_in, tmp_path, capsys):
+    folder, lm, _ = stand_in
+    other = SteeringVector(torch.ones(lm.hidden_size), "another-model", 1, "joy", "random", 4, 4)
+    path = other.save(tmp_path / "other.safetensors")
+    assert report.main(["--model", str(folder), "--vector", str(path), "--out", str(tmp_path / "x.html")]) == 2
+    assert "computed on 'another-model'" in capsys.readouterr().err
+    assert report.main(["--model", str(folder), "--vector", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert report.main(["--model", str(folder), "--concept", "joy"]) == 2
+    assert "--layer" in capsys.readouterr().err
