@@ -2,7 +2,8 @@
 #   make book   install what is missing, execute every chapter on the CPU defaults, HTML in _build/html
 #               (then tests/check_built_book.py: MathJax served locally, no TeX left in the text)
 #   make test   install what is missing, run the unit tests and the nbval regression of every chapter
-# Other targets: make install, make notebooks (regenerate the executed reference notebooks), make clean.
+# Other targets: make install, make notebooks (regenerate the executed reference notebooks), make clean,
+# make rendered-check (the built book in a headless Chromium, offline: every formula typeset, no raw TeX).
 # Extra pytest options go in PYTEST_ARGS, e.g. make test PYTEST_ARGS="--torch-threads 1" (see conftest.py).
 #
 # Everything goes into the virtual environment $(VENV) (default .venv; point VENV at an existing
@@ -19,7 +20,7 @@ TORCH_INDEX ?=
 INSTALLED := $(VENV)/.steerlib-installed
 PYTEST_ARGS ?=
 
-.PHONY: install book test notebooks benchmark clean
+.PHONY: install book test notebooks benchmark clean rendered-check
 
 install: $(INSTALLED)
 
@@ -40,6 +41,11 @@ book: install
 
 test: install
 	TQDM_DISABLE=1 $(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 $(PYTEST_ARGS)
+
+# Opens every page of _build/html in a headless Chromium with no network once MathJax has run; fails on a
+# formula left as TeX, a MathJax error or raw TeX in a proof box. Prints SKIP when no Chromium is installed.
+rendered-check:
+	$(BIN)/python tests/check_rendered_book.py _build/html
 
 notebooks: install
 	$(BIN)/python tests/reference_notebooks.py
