@@ -129,3 +129,32 @@ def test_grid_result_round_trips(computed, tmp_path):
     np.testing.assert_array_equal(back.top_shapes, result.top_shapes)
     assert back.token_strings == result.token_strings and back.parameters["concept"] == "joy"
     assert next_token.SIGNS == ("+", "-")
+
+
+def test_grid_chapter_computes_a_stand_in_through_the_runner_and_reads_it_back(tmp_path):
+    """The experimenter's path: steerlib-run over the grid chapter with compute=True writes a model's results, and
+    the chapter (compute=False) renders them with no model call."""
+    from pathlib import Path
+
+    from stand_ins import save_stand_in
+    from steerlib.runs import collect, grid_jobs, run_grid as run_chapters
+
+    model = str(save_stand_in("qwen3", tmp_path / "qwen3"))
+    chapter = str(Path(__file__).resolve().parents[1] / "book" / "llm" / "grid.md")
+    small = {"model": model, "concepts": ["evil"], "n_texts": 4, "layers": [1, 2], "n_alphas": 4, "alpha_min": 0.1,
+             "n_resamples": 2, "cp_n_alphas": 1, "cp_prompts": 1, "n_samples": 2, "max_new_tokens": 4,
+             "ce_n_alphas": 2, "n_tokens": 62, "block_length": 32, "output_dir": str(tmp_path / "results")}
+    for compute in (True, False):
+        jobs = grid_jobs([chapter], {key: [value] for key, value in {**small, "compute": compute}.items()})
+        outcomes = run_chapters(jobs, tmp_path / f"runs-{compute}", progress=False)
+        failed = jobs[0].folder(tmp_path / f"runs-{compute}") / "failed.json"
+        assert outcomes.get("done") == jobs, failed.read_text() if failed.exists() else outcomes
+    folder = grid_module.results_folder(model, tmp_path / "results")
+    manifest = grid_module.read_manifest(folder)
+    assert set(manifest) == {"next_token", "concept_probability", "cross_entropy", "authors"}
+    assert all(run["seconds"] > 0 for part in manifest.values() for run in part.values())
+    grids = grid_module.load_next_token_grids(folder)
+    assert {tuple(g.layers) for g in grids} == {(1, 2), (0, 2, 3)}
+    assert len(grids) == 2 + 2  # two settings, two resamplings
+    rows = collect(tmp_path / "runs-False")
+    assert len(rows) >= 9

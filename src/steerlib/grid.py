@@ -37,27 +37,35 @@ def results_folder(model_name: str, root: str | os.PathLike | None = None) -> Pa
     return (Path(root) if root is not None else data_path(RESULTS)) / safe
 
 
+def every_other_block(n_layers: int) -> list[int]:
+    """Blocks ``0, 2, 4, ...`` with the early, middle and last ones (:func:`steerlib.models.early_middle_last`):
+    the default next-token blocks of the grid on a CPU (17 of SmolLM2's 30), halving the cost while keeping the
+    profile along the depth and the blocks that the other parts of the grid steer."""
+    from steerlib.models import early_middle_last
+
+    return sorted(set(range(0, n_layers, 2)) | set(early_middle_last(n_layers)))
+
+
 def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, prompts: Sequence[str],
                        alphas_relative: Sequence[float], n_texts: int, activations_dir: str | os.PathLike,
-                       settings: Sequence[str] = ("random", "contrastive"), layers=None,
-                       resample_layers=("early", "middle", "last"), n_resamples: int = 4,
+                       layers=None, contrastive_layers=("early", "middle", "last"),
+                       resample_layers=("early", "middle", "last"), n_resamples: int = 3,
                        prompt_folder: str | os.PathLike | None = None, source: str = "generated",
                        alphas_per_forward: int | None = None, progress: bool = True) -> list:
-    """Every (concept, setting) of the next-token grid into ``folder``, resumable file by file.
+    """Every concept of the next-token grid into ``folder/next_token/``, resumable file by file.
 
     Args:
         lm: the model.
         concepts: e.g. :data:`steerlib.prompts.CONCEPTS`.
-        folder: e.g. :func:`results_folder` of the model (``next_token/`` is added).
+        folder: e.g. :func:`results_folder` of the model.
         prompts: the evaluation prompts.
         alphas_relative: the relative grid (:func:`steerlib.experiments.next_token.run_grid`).
         n_texts, activations_dir, prompt_folder, source: the prompt sets (see
             :func:`steerlib.vectors.concept_vectors`).
-        settings: ``"random"`` and/or ``"contrastive"`` N.
-        layers: blocks steered (default every block).
-        resample_layers: blocks where the vector of ``n_resamples`` bootstrap resamplings of P and N is steered too
-            (first setting only); ``()`` for none.
-        n_resamples: resamplings per concept.
+        layers: blocks steered with the N random vector (``None``: :func:`every_other_block`).
+        contrastive_layers: blocks steered with the N contrastive vector (``()`` for none).
+        resample_layers: blocks where the vectors of ``n_resamples`` bootstrap resamplings of P and N random are
+            steered too (``()`` for none).
         alphas_per_forward: α values per forward pass (memory).
         progress: progress bars.
     """
@@ -66,9 +74,12 @@ def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, p
     from steerlib.experiments import next_token
 
     folder = Path(folder) / "next_token"
-    jobs = [(concept, setting, layers, None) for concept in concepts for setting in settings]
+    layers = every_other_block(lm.n_layers) if layers is None else layers
+    jobs = [(concept, "random", layers, None) for concept in concepts]
+    if contrastive_layers:
+        jobs += [(concept, "contrastive", contrastive_layers, None) for concept in concepts]
     if resample_layers:
-        jobs += [(concept, settings[0], resample_layers, r) for concept in concepts for r in range(n_resamples)]
+        jobs += [(concept, "random", resample_layers, r) for concept in concepts for r in range(n_resamples)]
     grids = []
     for concept, setting, blocks, resample in tqdm(jobs, desc="next-token grid", disable=not progress):
         grids.append(next_token.load_or_run_concept_grid(
@@ -197,9 +208,12 @@ def load_results(folder: str | os.PathLike, kind: str) -> list:
 MANIFEST = "manifest.json"
 
 
-def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: float, sizes: dict, machine: dict) -> None:
-    """Add one computed (part, concept) to ``folder/manifest.json``: wall seconds, sizes and machine, so the grid
-    chapter says what produced every figure. Safe when several runner jobs write at once (a file lock)."""
+def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: float, sizes: dict, machine: dict,
+               cpu_seconds: float | None = None) -> None:
+    """Add one computed (part, concept) to ``folder/manifest.json``: wall seconds, CPU seconds of the process (all
+    threads; on a machine shared with other work, ``cpu_seconds / torch_threads`` is the wall time it would have
+    taken alone), sizes and machine, so the grid chapter says what produced every figure. Safe when several runner
+    jobs write at once (a file lock)."""
     import json
 
     from filelock import FileLock
@@ -211,7 +225,8 @@ def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: floa
     with FileLock(str(path) + ".lock"):
         manifest = json.loads(path.read_text()) if path.exists() else {}
         manifest.setdefault(part, {})[concept] = {"seconds": round(float(seconds), 1), "sizes": sizes,
-                                                  "machine": machine}
+                                                  "machine": machine,
+                                                  "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1)}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
 
 
@@ -231,7 +246,8 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
     """The whole grid of one model for ``concepts``, part by part, each (part, concept) timed into the manifest.
 
     ``sizes`` holds what the parts need: ``prompts``, ``n_texts``, ``next_token_alphas`` (relative), ``layers``
-    (next-token blocks, ``None`` for all), ``resample_layers``, ``n_resamples``, ``figure_layers`` (blocks of the
+    (N random next-token blocks, ``None``: :func:`every_other_block`), ``contrastive_layers``, ``resample_layers``,
+    ``n_resamples``, ``figure_layers`` (blocks of the
     concept-probability and ΔCE parts), ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts``
     (concept probability), ``ce_alphas``, ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and
     ``authors_alpha`` (the authors' choices).
@@ -245,10 +261,11 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
     judge = calibrated_embedding_judge() if {"concept_probability", "authors"} & set(parts) else None
     for concept in concepts:
         for part in parts:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             if part == "next_token":
                 compute_next_token(lm, [concept], folder, sizes["prompts"], sizes["next_token_alphas"],
                                    sizes["n_texts"], activations_dir, layers=sizes["layers"],
+                                   contrastive_layers=sizes["contrastive_layers"],
                                    resample_layers=sizes["resample_layers"], n_resamples=sizes["n_resamples"],
                                    prompt_folder=prompt_folder, source=source, progress=progress)
             elif part == "concept_probability":
@@ -279,7 +296,8 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
                 atomic_write(out / f"joined-labels-{concept}.csv", lambda tmp: joined.to_csv(tmp, index=False))
             else:
                 raise ValueError(f"unknown part {part!r}: use next_token, concept_probability, cross_entropy, authors.")
-            record_run(folder, part, concept, time.perf_counter() - started, recorded, machine)
+            record_run(folder, part, concept, time.perf_counter() - started, recorded, machine,
+                       time.process_time() - cpu_started)
 
 
 def load_next_token_grids(folder: str | os.PathLike) -> list:
