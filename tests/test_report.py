@@ -72,3 +72,46 @@ def test_errors_for_the_vector(stand_in, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert report.main(["--model", str(folder), "--concept", "joy"]) == 2
     assert "--layer" in capsys.readouterr().err
+
+
+def synthetic_truth(concept: str = "joy", layer: int = 1):
+    from steerlib.choose import GroundTruth
+
+    alphas = np.linspace(0, 8, 5)
+    labels = np.zeros((5, 3, 2), dtype=int)
+    labels[2:4] = 1
+    kl = np.tile(alphas ** 2 / 8, (3, 1))
+    return GroundTruth(alphas, labels, alphas / 4, alphas, kl, np.ones_like(kl) * 2,
+                       [[f" text {a}" for _ in range(3)] for a in alphas], ["a", "b", "c"],
+                       {"concept": concept, "layer": layer, "model": "m"})
+
+
+def test_validation_figure_and_animation():
+    import matplotlib.pyplot as plt
+
+    from steerlib import choose
+
+    truths = [synthetic_truth("joy"), synthetic_truth("evil")]
+    rows = choose.regret_rows(truths, budget=2.0, collapse=1.0)
+    ax = report.plot_validation_curves(truths, rows, 1)
+    assert len(ax.lines) == 4 and ax.get_legend() is not None
+    plt.close("all")
+    page = report.animate_validation(truths, budget=2.0, collapse=1.0, prompts_per_truth=2)
+    assert "<script" in page and "font-awesome" not in page and "▶" in page
+    with pytest.raises(ValueError, match="no ground truth"):
+        report.animate_validation([])
+
+
+def test_ufm_sweet_spot_figure_shades_the_interval():
+    import matplotlib.pyplot as plt
+
+    from steerlib import ufm
+
+    data = ufm.eq2_dataset()
+    M = data.log_odds(ufm.eq2_steering_sets(data))
+    ax = report.plot_ufm_sweet_spot(data.rows[data.context_index("ABB")], M, data.members(0), np.linspace(0, 3, 61),
+                                    data.token_names, budget_alpha=0.5)
+    lo, hi = ufm.sweet_spot(data.rows[data.context_index("ABB")], M, data.members(0))
+    shaded = ax.patches[-1]
+    assert np.isclose(shaded.get_x(), lo) and np.isclose(shaded.get_x() + shaded.get_width(), hi)
+    plt.close("all")

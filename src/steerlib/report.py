@@ -226,3 +226,99 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures of the chapter "Choosing α"
+# ---------------------------------------------------------------------------------------------------------
+
+def plot_ufm_sweet_spot(p, M, target_members, alphas, labels, *, budget_alpha: float | None = None, ax=None,
+                        title: str = "Δp(z | c, α) and the sweet spot"):
+    """Fig. 3-like curves ``Δp(z | c_j, α)`` with their peaks (Th. 3.3), the sweet spot of
+    :func:`steerlib.ufm.sweet_spot` shaded, and optionally the ΔCE-budget α (:func:`steerlib.ufm.budget_alpha`)."""
+    from steerlib import plots, ufm
+
+    members = np.asarray(target_members)
+    is_target = np.isin(np.arange(len(M)), members)
+    ax = plots.plot_delta_p_curves(alphas, ufm.delta_p(p, M, alphas), labels, is_target, ax=ax,
+                                   peaks=ufm.bump_locations(p, M), title=title)
+    lo, hi = ufm.sweet_spot(p, M, members)
+    ax.axvspan(max(lo, alphas[0]), min(hi, alphas[-1]), color="tab:green", alpha=0.12, label="sweet spot")
+    if budget_alpha is not None:
+        ax.axvline(budget_alpha, color="black", lw=1.2, label="ΔCE-budget α")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_validation_curves(truths, rows, block: int, *, ax=None):
+    """Mean judged concept probability against α for each concept at ``block`` (lines), and the rule's α per
+    prompt (ticks at the bottom, one row of ticks per concept)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.5))
+    chosen = rows[(rows.method == "rule") & (rows.block == block)]
+    for k, truth in enumerate(t for t in truths if t.parameters["layer"] == block):
+        concept = truth.parameters["concept"]
+        line, = ax.plot(truth.alphas, truth.per_prompt_probability.mean(axis=1), "o-", ms=3, label=concept)
+        ticks = chosen[chosen.concept == concept]["alpha"]
+        ax.plot(ticks, np.full(len(ticks), -0.04 - 0.03 * k), "|", color=line.get_color(), ms=8)
+    ax.set(xlabel="α", ylabel="concept probability (mean over prompts)", ylim=(-0.2, 1.02),
+           title=f"block {block}: ground truth and the rule's α (ticks)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def offline_jshtml(movie) -> str:
+    """``movie.to_jshtml()`` with the player's icons as characters (no Font Awesome from a CDN), as
+    :func:`steerlib.plots.animate_next_token_rows` does, so the page works offline."""
+    import re
+
+    from steerlib.plots import _PLAYER_SYMBOLS
+
+    page = movie.to_jshtml(default_mode="once")
+    page = re.sub(r'<link rel="stylesheet"\s*href="[^"]*font-awesome[^"]*">', "", page)
+    return re.sub(r'<i class="fa ([^"]+)"></i>', lambda icon: _PLAYER_SYMBOLS[icon.group(1)], page)
+
+
+def animate_validation(truths, budget: float = DEFAULT_BUDGET, collapse: float = DEFAULT_COLLAPSE,
+                       prompts_per_truth: int = 4) -> str:
+    """One frame per (concept, block, prompt): the sweep's ``KL(α)`` and share of the way to the Prop. 4.1 limit
+    with the rule's α, the judged concept probability of that prompt against α, and a completion sampled at the
+    grid α nearest the rule's. Precomputed frames (``jshtml``): works on the static page."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    from steerlib.choose import nearest_index, rule_alpha
+
+    frames = [(t, m) for t in truths for m in range(min(prompts_per_truth, len(t.prompts)))]
+    if not frames:
+        raise ValueError("no ground truth to animate: compute or load the validation first.")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.9), dpi=72)
+
+    def frame(k: int):
+        truth, m = frames[k]
+        d = truth.diagnostics(m)
+        alpha = rule_alpha(d, budget, collapse)[0]
+        i = nearest_index(alpha, truth.alphas)
+        for ax in (left, right):
+            ax.clear()
+            ax.axvline(alpha, color="tab:green", lw=1.5)
+        left.plot(d.alphas, d.kl, label="KL(α) from unsteered")
+        left.plot(d.alphas, d.limit_share, label="share of way to limit")
+        left.axhline(budget, color="grey", ls=":", label="budget")
+        left.set(xlabel="α", ylim=(-0.5, max(2 * budget, 1.5)), title=f"sweep: {truth.prompts[m]!r}")
+        left.legend(fontsize=7, loc="upper left")
+        right.plot(truth.alphas, truth.per_prompt_probability[:, m], "o-")
+        right.set(xlabel="α", ylabel="concept probability", ylim=(-0.03, 1.03),
+                  title=f"{truth.parameters['concept']}, block {truth.parameters['layer']}: rule α = {alpha:.3g}")
+        text = textwrap.fill(f"α = {truth.alphas[i]:.3g}: {truth.prompts[m]}{truth.completions[i][m]}", 110)
+        fig.suptitle(text, fontsize=8, y=0.02, va="bottom")
+        fig.subplots_adjust(bottom=0.3, wspace=0.3)
+
+    movie = animation.FuncAnimation(fig, frame, frames=len(frames), interval=1500)
+    page = offline_jshtml(movie)
+    plt.close(fig)
+    return page
