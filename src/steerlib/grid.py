@@ -343,6 +343,9 @@ def next_token_table(grids: Sequence, concept_words: dict[str, Sequence[str]] | 
         })
         frame["target"] = frame["log_odds"] > 0
         if concept_words is not None:
+            if p["concept"] not in concept_words:
+                raise ValueError(f"no concept words given for {p['concept']!r}: pass a list for every concept of the "
+                                 "grids (steerlib.prompts.load_concept_words).")
             words = concept_words[p["concept"]]
             frame["concept_word"] = [is_concept_word(token, words) for token in tokens]
         frames.append(frame)

@@ -870,3 +870,48 @@ def plot_benchmark_panels(rows, panels: Sequence[tuple[str, str, str]], *, ncols
     for ax in list(axes.flat)[len(chosen):]:
         ax.set_visible(False)
     return fig
+
+
+def plot_share_heatmap(shares, *, ax: plt.Axes | None = None, title: str | None = None,
+                       cmap: str = "viridis", reference: float | None = None) -> plt.Axes:
+    """Heatmap of a share over block (rows) × concept (columns), from :func:`steerlib.grid.shares`' frame (its
+    ``share`` column, indexed by block and concept); blank where nothing could be measured. With ``reference``
+    (e.g. a base rate), cells whose bootstrap interval lies wholly above it are marked ``+`` and wholly below ``−``."""
+    ax = _new_axes(ax, (FIGURE_WIDTH, 6.0))
+    matrix = shares["share"].unstack("concept")
+    image = ax.imshow(matrix.to_numpy(float), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+    step = max(1, matrix.shape[0] // 10)
+    ax.set_yticks(range(0, matrix.shape[0], step), matrix.index[::step])
+    ax.set_ylabel("block")
+    if reference is not None:
+        low, high = shares["low"].unstack("concept"), shares["high"].unstack("concept")
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                mark = "+" if low.iat[i, j] > reference else "−" if high.iat[i, j] < reference else ""
+                ax.text(j, i, mark, ha="center", va="center", fontsize=8, color="white")
+    ax.figure.colorbar(image, ax=ax, fraction=0.05, label="share")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_share_by_block(curves: Mapping[str, "object"], *, ax: plt.Axes | None = None, title: str | None = None,
+                        reference: float | None = None, reference_label: str = "") -> plt.Axes:
+    """Shares against the block, one line per entry of ``curves`` (a frame indexed by block with ``share``,
+    ``low``, ``high``: :func:`steerlib.grid.shares` grouped by block), with their bootstrap band."""
+    ax = _new_axes(ax, (FIGURE_WIDTH, 3.6))
+    for k, (label, frame) in enumerate(curves.items()):
+        blocks = np.asarray(frame.index, dtype=float)
+        color = concept_color(k)
+        ax.plot(blocks, frame["share"], color=color, label=label)
+        ax.fill_between(blocks, frame["low"], frame["high"], color=color, alpha=0.2, linewidth=0)
+    if reference is not None:
+        ax.axhline(reference, color=REFERENCE_COLOR, linestyle=":", linewidth=1, label=reference_label or None)
+    ax.set_xlabel("block")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -46,8 +46,9 @@ from steerlib.checks import notebook_records, record_rows
 from steerlib.store import atomic_write, check_writable, content_key
 
 DONE, FAILED, JOB = "done.json", "failed.json", "job.json"
-SHARED_PARAMETERS = {"activations_dir": "activations"}
-"""Chapter parameters that every job of a run points at one folder under the output folder."""
+SHARED_PARAMETERS = {"activations_dir": "activations", "results_dir": "results"}
+"""Chapter parameters that every job of a run points at one folder under the output folder (unless set): the
+activation cache, and the grid chapter's results, which its jobs (one per concept) write and read together."""
 
 
 def _as_ipynb(chapter: str | os.PathLike, folder: str | os.PathLike) -> Path:
