@@ -175,3 +175,20 @@ def test_grid_plots_draw_shares_and_marks():
     assert marks == ["+", "−", "−", "−"] and ax.get_title() == "bumps"
     ax = plots.plot_share_by_block({"bump": grid_module.shares(table, "bump", by=["block"])}, reference=0.5)
     assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == [0.5, 0.0]
+
+
+def test_shares_resample_the_unit_asked_for():
+    table = pd.DataFrame({"block": 1, "concept": np.repeat(["evil", "joy"], 8), "prompt": np.tile(range(8), 2),
+                          "bump": np.repeat([True, False], 8)})
+    by_prompt = grid_module.shares(table.assign(all="all"), "bump", by=["all"]).iloc[0]
+    by_concept = grid_module.shares(table.assign(all="all"), "bump", by=["all"], unit="concept").iloc[0]
+    assert by_prompt["low"] == by_prompt["high"] == 0.5  # every prompt has one curve of each concept
+    assert by_concept["low"] == 0.0 and by_concept["high"] == 1.0
+
+
+def test_loading_grids_of_some_concepts(computed, tmp_path):
+    _, _, _, result = computed
+    result.save(tmp_path / "next_token" / "next-token-grid-joy-random-x.npz")
+    assert len(grid_module.load_next_token_grids(tmp_path, ["joy", "evil"])) == 1
+    with pytest.raises(ValueError, match=r"for \['evil'\]"):
+        grid_module.load_next_token_grids(tmp_path, ["evil"])

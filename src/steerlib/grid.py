@@ -300,15 +300,19 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
                        time.process_time() - cpu_started)
 
 
-def load_next_token_grids(folder: str | os.PathLike) -> list:
-    """Every :class:`~steerlib.experiments.next_token.NextTokenGrid` saved under ``folder/next_token/``."""
+def load_next_token_grids(folder: str | os.PathLike, concepts: Sequence[str] | None = None) -> list:
+    """Every :class:`~steerlib.experiments.next_token.NextTokenGrid` saved under ``folder/next_token/`` (of
+    ``concepts`` only, when given)."""
     from steerlib.experiments.next_token import NextTokenGrid
 
     paths = sorted((Path(folder) / "next_token").glob("next-token-grid-*.npz"))
-    if not paths:
-        raise ValueError(f"no next-token grid results in {Path(folder) / 'next_token'}: compute them first "
-                         "(steerlib.grid.compute_next_token, or the grid chapter with compute=True).")
-    return [NextTokenGrid.load(path) for path in paths]
+    grids = [NextTokenGrid.load(path) for path in paths]
+    grids = [g for g in grids if concepts is None or g.parameters["concept"] in concepts]
+    if not grids:
+        raise ValueError(f"no next-token grid results{'' if concepts is None else f' for {list(concepts)}'} in "
+                         f"{Path(folder) / 'next_token'}: compute them first (steerlib.grid.compute_next_token, or the "
+                         "grid chapter with compute=True).")
+    return grids
 
 
 def next_token_table(grids: Sequence, concept_words: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
@@ -377,26 +381,28 @@ def _ratio(frame: pd.DataFrame, column: str, total: str | None) -> float:
 
 
 def shares(table: pd.DataFrame, column: str, by: Sequence[str] = ("block", "concept"), total: str | None = None,
-           n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Share of ``column`` per group, with a bootstrap interval over prompts.
+           n_boot: int = 1000, level: float = 0.95, seed: int = 0, unit: str = "prompt") -> pd.DataFrame:
+    """Share of ``column`` per group, with a bootstrap interval over prompts (or over another ``unit``).
 
     ``total=None``: the mean of a boolean column (e.g. ``bump``); otherwise ``sum(column) / sum(total)`` (e.g.
-    ``ordered`` over ``pairs``). The interval resamples the evaluation prompts with replacement (the same draw for
-    every group, so groups stay comparable) and takes the ``level`` percentile interval of the share.
+    ``ordered`` over ``pairs``). The interval resamples the values of ``unit`` with replacement (the evaluation
+    prompts by default; ``"concept"`` for a share pooled over concepts, whose curves at large α differ more between
+    concepts than between prompts) with the same draw for every group, so groups stay comparable, and takes the
+    ``level`` percentile interval of the share.
 
     Returns:
         a frame indexed by ``by`` with columns ``share``, ``low``, ``high``, ``n`` (rows or total).
     """
     by = list(by)
-    prompts = np.sort(table["prompt"].unique())
+    units = np.sort(table[unit].unique())
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(prompts), size=(n_boot, len(prompts)))
+    draws = rng.integers(0, len(units), size=(n_boot, len(units)))
     rows = []
     for key, group in table.groupby(by, sort=True):
-        per_prompt = group.groupby("prompt")
-        numerator = per_prompt[column].sum().reindex(prompts, fill_value=0).to_numpy(float)
-        denominator = (per_prompt[total].sum() if total else per_prompt[column].size()).reindex(
-            prompts, fill_value=0).to_numpy(float)
+        per_unit = group.groupby(unit)
+        numerator = per_unit[column].sum().reindex(units, fill_value=0).to_numpy(float)
+        denominator = (per_unit[total].sum() if total else per_unit[column].size()).reindex(
+            units, fill_value=0).to_numpy(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             boot = numerator[draws].sum(axis=1) / denominator[draws].sum(axis=1)
         low, high = np.nanpercentile(boot, [50 * (1 - level), 50 * (1 + level)]) if np.isfinite(boot).any() \

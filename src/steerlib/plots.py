@@ -880,6 +880,7 @@ def plot_share_heatmap(shares, *, ax: plt.Axes | None = None, title: str | None 
     ax = _new_axes(ax, (FIGURE_WIDTH, 6.0))
     matrix = shares["share"].unstack("concept")
     image = ax.imshow(matrix.to_numpy(float), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.grid(False)
     ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
     step = max(1, matrix.shape[0] // 10)
     ax.set_yticks(range(0, matrix.shape[0], step), matrix.index[::step])
