@@ -214,5 +214,7 @@ def test_quadratic_zone_ends_where_the_parabola_misses():
     bent = np.where(np.abs(alphas) > 0.2, 0.5 * exact, exact)  # leaves the parabola beyond |α| = 0.1
     assert quadratic_zone(alphas, bent, 0.5, 2.0) == 0.1
     assert quadratic_zone(alphas, -exact, 0.5, 2.0) == 0.0
+    crossing = np.array([-0.3, -0.25, 0.0, 0.25])  # ΔCE = α + 4α² is 0 at α = -0.25: no relative error there
+    assert quadratic_zone(crossing, crossing + 4 * crossing**2 + 1e-3, 1.0, 4.0) == 0.3
     with pytest.raises(ValueError):
         quadratic_zone(alphas, exact[:3], 0.5, 2.0)

@@ -504,8 +504,9 @@ def word_token_ids(tokenizer, words: Sequence[str]) -> dict[str, int]:
 def quadratic_zone(alphas: np.ndarray, delta_ce: np.ndarray, slope: float, curvature: float,
                    tolerance: float = 0.1) -> float:
     """How far from ``α = 0`` the local law of Th. 3.8 holds on a measured curve: the largest ``a`` of the grid such
-    that at every grid point with ``0 < |α| <= a``, ``ΔCE(α) = b α + c α²`` within ``tolerance·|ΔCE(α)|`` (``b``, ``c``
-    fitted near 0, :func:`steerlib.stats.quadratic_fit`); ``0`` when even the smallest ``|α|`` misses."""
+    that at every grid point with ``0 < |α| <= a``, ``ΔCE(α) = b α + c α²`` within ``tolerance·(|b α| + |c| α²)``
+    (``b``, ``c`` fitted near 0, :func:`steerlib.stats.quadratic_fit`; the scale is the size of the law's two terms,
+    not of ``ΔCE``, which crosses 0 at ``α = −b/c``); ``0`` when even the smallest ``|α|`` misses."""
     alphas = np.asarray(alphas, dtype=np.float64)
     delta_ce = np.asarray(delta_ce, dtype=np.float64)
     if alphas.shape != delta_ce.shape:
@@ -514,7 +515,8 @@ def quadratic_zone(alphas: np.ndarray, delta_ce: np.ndarray, slope: float, curva
     for size in np.unique(np.abs(alphas[alphas != 0])):
         at = np.abs(alphas) == size
         law = slope * alphas[at] + curvature * alphas[at] ** 2
-        if np.any(np.abs(delta_ce[at] - law) > tolerance * np.abs(delta_ce[at])):
+        scale = np.abs(slope * alphas[at]) + abs(curvature) * alphas[at] ** 2
+        if np.any(np.abs(delta_ce[at] - law) > tolerance * scale):
             break
         zone = float(size)
     return zone
