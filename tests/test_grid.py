@@ -90,7 +90,8 @@ def test_saved_grid_reads_back_into_tables(computed, tmp_path):
 
 def test_shares_and_their_bootstrap_interval():
     rng = np.random.default_rng(1)
-    table = pd.DataFrame({"block": np.repeat([1, 2], 80), "concept": "joy", "prompt": np.tile(np.repeat(range(8), 10), 2),
+    table = pd.DataFrame({"block": np.repeat([1, 2], 80), "concept": "joy",
+                          "prompt": np.tile(np.repeat(range(8), 10), 2),
                           "bump": np.r_[rng.random(80) < 0.8, rng.random(80) < 0.2]})
     result = grid_module.shares(table, "bump")
     for block in (1, 2):

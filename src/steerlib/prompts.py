@@ -363,7 +363,8 @@ def load_concept_words(concept: str, path: str | Path | None = None) -> list[str
     path = Path(path) if path is not None else data_path("concept_words.json")
     words = json.loads(path.read_text(encoding="utf-8"))
     if concept not in words:
-        raise ValueError(f"no word list for concept {concept!r} in {path}: add one (known: {', '.join(sorted(words))}).")
+        raise ValueError(f"no word list for concept {concept!r} in {path}: add one "
+                         f"(known: {', '.join(sorted(words))}).")
     return list(words[concept])
 
 
