@@ -193,3 +193,40 @@ def test_loading_grids_of_some_concepts(computed, tmp_path):
     assert len(grid_module.load_next_token_grids(tmp_path, ["joy", "evil"])) == 1
     with pytest.raises(ValueError, match=r"for \['evil'\]"):
         grid_module.load_next_token_grids(tmp_path, ["evil"])
+
+
+def test_widening_the_blocks_steers_only_the_new_ones(tmp_path):
+    """A grid asked again with more blocks reads the blocks it has (from any file of the same run) and steers only
+    the others; a change of prompts is another run."""
+    from stand_ins import save_stand_in
+    from steerlib.models import load_model
+
+    lm = load_model(str(save_stand_in("qwen3", tmp_path / "qwen3")), device="cpu")
+    folder = tmp_path / "next_token"
+
+    def grid(layers, prompts=PROMPTS):
+        return next_token.load_or_run_concept_grid(lm, "evil", "random", 4, tmp_path / "activations", folder,
+                                                   prompts, GRID, layers, top_k=3, keep_tokens=12, progress=False)
+
+    first = grid([1, 2])
+    widened = grid([3, 1, 2])
+    files = sorted(folder.glob("next-token-grid-evil-random-*.npz"))
+    assert len(files) == 2 and sorted(NextTokenGrid.load(f).layers.tolist() for f in files) == [[1, 2], [3]]
+    assert widened.layers.tolist() == [3, 1, 2]
+    for name in ("top_ids", "top_shapes", "pairs", "units"):
+        np.testing.assert_array_equal(getattr(widened.select_blocks([1, 2]), name), getattr(first, name))
+    assert grid([2, 3]).layers.tolist() == [2, 3] and len(list(folder.glob("*.npz"))) == 2
+    other = grid([1], PROMPTS[:2])
+    assert len(other.prompts) == 2 and len(list(folder.glob("*.npz"))) == 3
+    with pytest.raises(ValueError, match="not in this grid"):
+        first.select_blocks([0])
+    with pytest.raises(ValueError, match="repeat"):
+        next_token.join_blocks([first, first])
+
+
+def test_manifest_adds_up_the_runs_of_a_part(tmp_path):
+    machine = {"cores": 2}
+    grid_module.record_run(tmp_path, "next_token", "evil", 10.0, {"layers": [1]}, machine, 20.0)
+    grid_module.record_run(tmp_path, "next_token", "evil", 5.0, {"layers": [1, 2]}, machine, 8.0)
+    run = grid_module.read_manifest(tmp_path)["next_token"]["evil"]
+    assert (run["seconds"], run["cpu_seconds"], run["runs"], run["sizes"]) == (15.0, 28.0, 2, {"layers": [1, 2]})

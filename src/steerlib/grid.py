@@ -37,22 +37,14 @@ def results_folder(model_name: str, root: str | os.PathLike | None = None) -> Pa
     return (Path(root) if root is not None else data_path(RESULTS)) / safe
 
 
-def every_other_block(n_layers: int) -> list[int]:
-    """Blocks ``0, 2, 4, ...`` with the early, middle and last ones (:func:`steerlib.models.early_middle_last`):
-    the default next-token blocks of the grid on a CPU (17 of SmolLM2's 30), halving the cost while keeping the
-    profile along the depth and the blocks that the other parts of the grid steer."""
-    from steerlib.models import early_middle_last
-
-    return sorted(set(range(0, n_layers, 2)) | set(early_middle_last(n_layers)))
-
-
 def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, prompts: Sequence[str],
                        alphas_relative: Sequence[float], n_texts: int, activations_dir: str | os.PathLike,
-                       layers=None, contrastive_layers=("early", "middle", "last"),
+                       layers=None, contrastive_layers=None,
                        resample_layers=("early", "middle", "last"), n_resamples: int = 3,
                        prompt_folder: str | os.PathLike | None = None, source: str = "generated",
                        alphas_per_forward: int | None = None, progress: bool = True) -> list:
-    """Every concept of the next-token grid into ``folder/next_token/``, resumable file by file.
+    """Every concept of the next-token grid into ``folder/next_token/``, resumable block by block
+    (:func:`steerlib.experiments.next_token.load_or_run_concept_grid`).
 
     Args:
         lm: the model.
@@ -62,8 +54,9 @@ def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, p
         alphas_relative: the relative grid (:func:`steerlib.experiments.next_token.run_grid`).
         n_texts, activations_dir, prompt_folder, source: the prompt sets (see
             :func:`steerlib.vectors.concept_vectors`).
-        layers: blocks steered with the N random vector (``None``: :func:`every_other_block`).
-        contrastive_layers: blocks steered with the N contrastive vector (``()`` for none).
+        layers: blocks steered with the N random vector (``None``: every block).
+        contrastive_layers: blocks steered with the N contrastive vector (``None``: those of ``layers``; ``()``
+            for none).
         resample_layers: blocks where the vectors of ``n_resamples`` bootstrap resamplings of P and N random are
             steered too (``()`` for none).
         alphas_per_forward: α values per forward pass (memory).
@@ -74,9 +67,10 @@ def compute_next_token(lm, concepts: Sequence[str], folder: str | os.PathLike, p
     from steerlib.experiments import next_token
 
     folder = Path(folder) / "next_token"
-    layers = every_other_block(lm.n_layers) if layers is None else layers
+    layers = lm.check_layers(layers)
+    contrastive_layers = layers if contrastive_layers is None else contrastive_layers
     jobs = [(concept, "random", layers, None) for concept in concepts]
-    if contrastive_layers:
+    if len(contrastive_layers):
         jobs += [(concept, "contrastive", contrastive_layers, None) for concept in concepts]
     if resample_layers:
         jobs += [(concept, "random", resample_layers, r) for concept in concepts for r in range(n_resamples)]
@@ -212,8 +206,9 @@ def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: floa
                cpu_seconds: float | None = None) -> None:
     """Add one computed (part, concept) to ``folder/manifest.json``: wall seconds, CPU seconds of the process (all
     threads; on a machine shared with other work, ``cpu_seconds / torch_threads`` is the wall time it would have
-    taken alone), sizes and machine, so the grid chapter says what produced every figure. Safe when several runner
-    jobs write at once (a file lock)."""
+    taken alone), sizes and machine, so the grid chapter says what produced every figure. A (part, concept) computed
+    again (a resumed or widened grid) adds its seconds to those recorded and counts the ``runs``; the sizes and machine
+    are the last run's. Safe when several runner jobs write at once (a file lock)."""
     import json
 
     from filelock import FileLock
@@ -224,9 +219,14 @@ def record_run(folder: str | os.PathLike, part: str, concept: str, seconds: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         manifest = json.loads(path.read_text()) if path.exists() else {}
-        manifest.setdefault(part, {})[concept] = {"seconds": round(float(seconds), 1), "sizes": sizes,
-                                                  "machine": machine,
-                                                  "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1)}
+        before = manifest.setdefault(part, {}).get(concept, {})
+        if before.get("cpu_seconds") is not None and cpu_seconds is not None:
+            cpu_seconds += before["cpu_seconds"]
+        elif before:
+            cpu_seconds = None
+        manifest[part][concept] = {"seconds": round(float(seconds) + before.get("seconds", 0.0), 1), "sizes": sizes,
+                                   "machine": machine, "runs": before.get("runs", 1 if before else 0) + 1,
+                                   "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1)}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n"))
 
 
@@ -246,10 +246,9 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
     """The whole grid of one model for ``concepts``, part by part, each (part, concept) timed into the manifest.
 
     ``sizes`` holds what the parts need: ``prompts``, ``n_texts``, ``next_token_alphas`` (relative), ``layers``
-    (N random next-token blocks, ``None``: :func:`every_other_block`), ``contrastive_layers``, ``resample_layers``,
-    ``n_resamples``, ``figure_layers`` (blocks of the
-    concept-probability and ΔCE parts), ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts``
-    (concept probability), ``ce_alphas``, ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and
+    (N random next-token blocks, ``None``: every block), ``contrastive_layers`` (``None``: those of ``layers``),
+    ``resample_layers``, ``n_resamples``, ``figure_layers`` (blocks of the concept-probability and ΔCE parts),
+    ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts`` (concept probability), ``ce_alphas``, ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and
     ``authors_alpha`` (the authors' choices).
     """
     from steerlib.judge import calibrated_embedding_judge

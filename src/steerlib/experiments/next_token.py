@@ -248,6 +248,10 @@ SIGNS = ("+", "-")
 """The two half-lines of a symmetric grid: ``α >= 0`` (read at the largest α) and ``α <= 0`` (at the smallest)."""
 
 
+_PER_BLOCK_FIELDS = ("layers", "units", "vector_norms", "top_ids", "top_shapes", "top_shapes_coarse", "top_peaks",
+                     "top_log_odds", "pairs", "ordered")
+
+
 @dataclass
 class NextTokenGrid(Result):
     """One concept's next-token curves over blocks × prompts × both signs, summarised curve by curve.
@@ -293,6 +297,15 @@ class NextTokenGrid(Result):
     target_base_rate: float
     token_strings: dict
     parameters: dict
+
+    def select_blocks(self, layers: Sequence[int]) -> NextTokenGrid:
+        """The same grid restricted to ``layers`` (blocks it holds), in their order."""
+        held = self.layers.tolist()
+        absent = [layer for layer in layers if layer not in held]
+        if absent:
+            raise ValueError(f"blocks {absent} are not in this grid (it holds {held}).")
+        index = [held.index(layer) for layer in layers]
+        return replace(self, **{name: getattr(self, name)[index] for name in _PER_BLOCK_FIELDS})
 
 
 def _half_line_summary(sweep: NextTokenSweep, unit: float, log_odds: np.ndarray, sign: str, top_k: int) -> dict:
@@ -385,18 +398,24 @@ def load_or_run_concept_grid(lm: LoadedModel, concept: str, setting: str, n_text
                              resample: int | None = None, prompt_folder: str | os.PathLike | None = None,
                              source: str = "generated", top_k: int = 8, keep_tokens: int = 32,
                              alphas_per_forward: int | None = None, progress: bool = True) -> NextTokenGrid:
-    """:func:`run_grid` for ``concept``'s vectors from its prompt sets, saved under ``folder`` and read back.
+    """:func:`run_grid` for ``concept``'s vectors from its prompt sets, saved under ``folder``, resumable block by
+    block.
+
+    The blocks already in a file of ``folder`` computed with the same model, dtype, prompt sets, prompts, grid and
+    sizes (and the same ``‖v^(ℓ)‖``) are read back, by any version of steerlib's code; only the others are steered,
+    into a new file ``next-token-grid-<concept>-<setting>-<key>.npz``. Widening ``layers`` later therefore costs
+    only the new blocks. Returns the grid of ``layers``, in their order.
 
     Args:
         concept, setting, n_texts, activations_dir: as in :func:`steerlib.vectors.concept_vectors`.
-        folder: where the result goes (``next-token-grid-<concept>-<setting>-<key>.npz``).
+        folder: where the results go.
         prompts, alphas_relative, top_k, keep_tokens, alphas_per_forward: as in :func:`run_grid`.
         layers: blocks (indices or ``"early"``/``"middle"``/``"last"``); default every block.
         resample: ``None`` for the vector of all texts, ``r`` for the ``r``-th bootstrap resampling of P and N
             (App. A error bars; :func:`steerlib.vectors.concept_bootstrap_vectors` with seed 0).
         prompt_folder, source: the prompt-set files (default ``data/prompt_sets/``) and a name for them, recorded.
     """
-    layers = lm.check_layers(layers)
+    layers = list(dict.fromkeys(lm.check_layers(layers)))
     if resample is None:
         vectors = concept_vectors(lm, concept, setting, n_texts, activations_dir, layers=layers, progress=progress,
                                   prompt_folder=prompt_folder)
@@ -407,9 +426,51 @@ def load_or_run_concept_grid(lm: LoadedModel, concept: str, setting: str, n_text
     log_odds = concept_log_odds(lm, concept, setting, n_texts, activations_dir, progress, prompt_folder)
     parameters = {"concept": concept, "setting": setting, "n_texts": n_texts, "source": source,
                   "resample": resample, "first_position": "exclude"}
-    key = content_key(lm.name, str(lm.dtype), [vectors[layer] for layer in layers], list(prompts),
-                      list(alpha_grid(alphas_relative)), top_k, keep_tokens, parameters)
-    path = Path(folder) / f"next-token-grid-{concept}-{setting}-{key}.npz"
-    return load_or_compute(path, lambda: run_grid(lm, vectors, log_odds, prompts, alphas_relative, top_k,
-                                                  keep_tokens, alphas_per_forward, parameters, progress),
-                           NextTokenGrid)
+    grid = alpha_grid(alphas_relative)
+    wanted = {"model": lm.name, "dtype": str(lm.dtype).replace("torch.", ""), "top_k": top_k,
+              "keep_tokens": keep_tokens, **parameters}
+    norms = {layer: float(vectors[layer].vector.norm()) for layer in layers}
+    found = {}
+    for path in sorted(Path(folder).glob(f"next-token-grid-{concept}-{setting}-*.npz")):
+        saved = NextTokenGrid.load(path)
+        if _same_grid(saved, wanted, list(prompts), grid, norms):
+            found.update({int(layer): saved for layer in saved.layers if int(layer) in norms})
+    missing = [layer for layer in layers if layer not in found]
+    if missing:
+        key = content_key(lm.name, str(lm.dtype), [vectors[layer] for layer in missing], list(prompts),
+                          list(grid), top_k, keep_tokens, parameters)
+        path = Path(folder) / f"next-token-grid-{concept}-{setting}-{key}.npz"
+        computed = load_or_compute(path, lambda: run_grid(lm, {layer: vectors[layer] for layer in missing}, log_odds,
+                                                          prompts, alphas_relative, top_k, keep_tokens,
+                                                          alphas_per_forward, parameters, progress),
+                                   NextTokenGrid, reuse_other_versions=True)
+        found.update({int(layer): computed for layer in computed.layers})
+    return join_blocks([found[layer].select_blocks([layer]) for layer in layers])
+
+
+def _same_grid(saved: NextTokenGrid, wanted: dict, prompts: list, grid: np.ndarray, norms: dict) -> bool:
+    """Whether ``saved`` was computed with the parameters ``wanted``, on ``prompts`` and ``grid``, with vectors of
+    the norms ``norms`` at the blocks they share (a changed prompt set changes the norms)."""
+    if any(saved.parameters.get(name) != value for name, value in wanted.items()):
+        return False
+    if saved.prompts != prompts or saved.alphas_relative.shape != grid.shape:
+        return False
+    if not np.allclose(saved.alphas_relative, grid, rtol=1e-9, atol=0.0):
+        return False
+    return all(np.isclose(norm, norms[int(layer)], rtol=1e-4)
+               for layer, norm in zip(saved.layers, saved.vector_norms) if int(layer) in norms)
+
+
+def join_blocks(grids: Sequence[NextTokenGrid]) -> NextTokenGrid:
+    """One :class:`NextTokenGrid` of the blocks of ``grids`` (same concept, prompts and grid), in their order; the
+    seconds recorded are those of the distinct runs, summed."""
+    if not grids:
+        raise ValueError("no grids to join: give at least one NextTokenGrid.")
+    first = grids[0]
+    runs = {id(g.parameters): g.parameters.get("seconds", 0.0) for g in grids}
+    strings = {key: value for g in grids for key, value in g.token_strings.items()}
+    joined = replace(first, **{name: np.concatenate([getattr(g, name) for g in grids]) for name in _PER_BLOCK_FIELDS},
+                     token_strings=strings, parameters={**first.parameters, "seconds": round(sum(runs.values()), 1)})
+    if len(set(joined.layers.tolist())) != joined.layers.size:
+        raise ValueError(f"blocks {joined.layers.tolist()} repeat: join grids of distinct blocks.")
+    return joined
