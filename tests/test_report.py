@@ -102,6 +102,30 @@ def test_validation_figure_and_animation():
         report.animate_validation([])
 
 
+def test_live_explorer_redraws_what_is_picked(monkeypatch):
+    """The ipywidgets explorer lists each truth's prompts and redraws the frame of the (truth, prompt, budget)
+    picked: the rule's α in the drawn title follows the budget."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    truths = [synthetic_truth("joy"), synthetic_truth("evil")]
+    drawn = []
+    monkeypatch.setattr(plt, "show", lambda: drawn.append(plt.gcf().axes[1].get_title()) or plt.close("all"))
+    box = report.explore_validation(truths, budget=2.0, collapse=1.0)
+    pair, prompt, budget = box.children[0].children
+    assert [label for label, _ in pair.options] == ["joy, block 1", "evil, block 1"]
+    assert [label for label, _ in prompt.options] == ["a", "b", "c"]
+    pair.value = 1
+    prompt.value = 2
+    budget.value = 8.0
+    assert drawn[0].startswith("joy, block 1") and drawn[-1].startswith("evil, block 1")
+    assert drawn[-1] != drawn[-2]  # a larger budget moves the rule's α
+    with pytest.raises(ValueError, match="no ground truth"):
+        report.explore_validation([])
+    with pytest.raises(ValueError, match="budget"):
+        report.explore_validation(truths, budget=-1.0)
+
 def test_ufm_sweet_spot_figure_shades_the_interval():
     import matplotlib.pyplot as plt
 

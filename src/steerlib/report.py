@@ -281,44 +281,91 @@ def offline_jshtml(movie) -> str:
     return re.sub(r'<i class="fa ([^"]+)"></i>', lambda icon: _PLAYER_SYMBOLS[icon.group(1)], page)
 
 
-def animate_validation(truths, budget: float = DEFAULT_BUDGET, collapse: float = DEFAULT_COLLAPSE,
-                       prompts_per_truth: int = 4) -> str:
-    """One frame per (concept, block, prompt): the sweep's ``KL(α)`` and share of the way to the Prop. 4.1 limit
-    with the rule's α, the judged concept probability of that prompt against α, and a completion sampled at the
-    grid α nearest the rule's. Precomputed frames (``jshtml``): works on the static page."""
+def draw_validation_frame(fig, left, right, truth, m: int, budget: float = DEFAULT_BUDGET,
+                          collapse: float = DEFAULT_COLLAPSE) -> float:
+    """Draw prompt ``m`` of ``truth`` on ``left`` and ``right`` of ``fig``: the sweep's ``KL(α)`` and share of the
+    way to the Prop. 4.1 limit with the rule's α, the judged concept probability of that prompt against α, and a
+    completion sampled at the grid α nearest the rule's. Returns the rule's α."""
     import textwrap
 
+    from steerlib.choose import nearest_index, rule_alpha
+
+    d = truth.diagnostics(m)
+    alpha = rule_alpha(d, budget, collapse)[0]
+    i = nearest_index(alpha, truth.alphas)
+    for ax in (left, right):
+        ax.clear()
+        ax.axvline(alpha, color="tab:green", lw=1.5)
+    left.plot(d.alphas, d.kl, label="KL(α) from unsteered")
+    left.plot(d.alphas, d.limit_share, label="share of way to limit")
+    left.axhline(budget, color="grey", ls=":", label="budget")
+    left.set(xlabel="α", ylim=(-0.5, max(2 * budget, 1.5)), title=f"sweep: {truth.prompts[m]!r}")
+    left.legend(fontsize=7, loc="upper left")
+    right.plot(truth.alphas, truth.per_prompt_probability[:, m], "o-")
+    right.set(xlabel="α", ylabel="concept probability", ylim=(-0.03, 1.03),
+              title=f"{truth.parameters['concept']}, block {truth.parameters['layer']}: rule α = {alpha:.3g}")
+    text = textwrap.fill(f"α = {truth.alphas[i]:.3g}: {truth.prompts[m]}{truth.completions[i][m]}", 110)
+    fig.suptitle(text, fontsize=8, y=0.02, va="bottom")
+    fig.subplots_adjust(bottom=0.3, wspace=0.3)
+    return float(alpha)
+
+
+def animate_validation(truths, budget: float = DEFAULT_BUDGET, collapse: float = DEFAULT_COLLAPSE,
+                       prompts_per_truth: int = 4) -> str:
+    """One frame per (concept, block, prompt) of :func:`draw_validation_frame`, precomputed (``jshtml``): works
+    on the static page."""
     import matplotlib.pyplot as plt
     from matplotlib import animation
-
-    from steerlib.choose import nearest_index, rule_alpha
 
     frames = [(t, m) for t in truths for m in range(min(prompts_per_truth, len(t.prompts)))]
     if not frames:
         raise ValueError("no ground truth to animate: compute or load the validation first.")
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.9), dpi=72)
-
-    def frame(k: int):
-        truth, m = frames[k]
-        d = truth.diagnostics(m)
-        alpha = rule_alpha(d, budget, collapse)[0]
-        i = nearest_index(alpha, truth.alphas)
-        for ax in (left, right):
-            ax.clear()
-            ax.axvline(alpha, color="tab:green", lw=1.5)
-        left.plot(d.alphas, d.kl, label="KL(α) from unsteered")
-        left.plot(d.alphas, d.limit_share, label="share of way to limit")
-        left.axhline(budget, color="grey", ls=":", label="budget")
-        left.set(xlabel="α", ylim=(-0.5, max(2 * budget, 1.5)), title=f"sweep: {truth.prompts[m]!r}")
-        left.legend(fontsize=7, loc="upper left")
-        right.plot(truth.alphas, truth.per_prompt_probability[:, m], "o-")
-        right.set(xlabel="α", ylabel="concept probability", ylim=(-0.03, 1.03),
-                  title=f"{truth.parameters['concept']}, block {truth.parameters['layer']}: rule α = {alpha:.3g}")
-        text = textwrap.fill(f"α = {truth.alphas[i]:.3g}: {truth.prompts[m]}{truth.completions[i][m]}", 110)
-        fig.suptitle(text, fontsize=8, y=0.02, va="bottom")
-        fig.subplots_adjust(bottom=0.3, wspace=0.3)
-
-    movie = animation.FuncAnimation(fig, frame, frames=len(frames), interval=1500)
+    movie = animation.FuncAnimation(fig, lambda k: draw_validation_frame(fig, left, right, *frames[k], budget,
+                                                                         collapse),
+                                    frames=len(frames), interval=1500)
     page = offline_jshtml(movie)
     plt.close(fig)
     return page
+
+
+def explore_validation(truths, budget: float = DEFAULT_BUDGET, collapse: float = DEFAULT_COLLAPSE):
+    """The live version of :func:`animate_validation` (ipywidgets, in a running notebook): pick a (concept, block),
+    a prompt and a budget; :func:`draw_validation_frame` redraws. Returns the widget box."""
+    try:
+        import ipywidgets as widgets
+    except ImportError as error:
+        raise ImportError("the live explorer needs ipywidgets: pip install ipywidgets (or steerlib[notebook]); "
+                          "the precomputed player (animate_validation) needs nothing.") from error
+    import matplotlib.pyplot as plt
+
+    from steerlib.choose import check_budget
+
+    if not truths:
+        raise ValueError("no ground truth to explore: compute or load the validation first.")
+    check_budget(budget)
+    pair = widgets.Dropdown(options=[(f"{t.parameters['concept']}, block {t.parameters['layer']}", k)
+                                     for k, t in enumerate(truths)], description="concept")
+    prompt = widgets.Dropdown(description="prompt")
+    chosen_budget = widgets.FloatLogSlider(value=budget, base=2, min=-3, max=4, step=0.25, description="budget")
+    out = widgets.Output()
+
+    def list_prompts(_=None):
+        prompt.options = [(text, m) for m, text in enumerate(truths[pair.value].prompts)]
+        prompt.value = 0
+
+    def draw(_=None):
+        if prompt.value is None:  # between a change of (concept, block) and the list of its prompts
+            return
+        with out:
+            out.clear_output(wait=True)
+            fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.9))
+            draw_validation_frame(fig, left, right, truths[pair.value], prompt.value, chosen_budget.value, collapse)
+            plt.show()
+
+    list_prompts()
+    pair.observe(list_prompts, names="value")
+    for control in (pair, prompt, chosen_budget):
+        control.observe(draw, names="value")
+    draw()
+    return widgets.VBox([widgets.HBox([pair, prompt, chosen_budget]), out])
