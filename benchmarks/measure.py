@@ -55,42 +55,21 @@ def median(values: list[float]) -> float:
 
 # --- what every benchmark script shares: --json, --save FOLDER, the machine that produced the numbers ---------------
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    import platform
-
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def describe_machine(device: str = "cpu", threads: int | None = None) -> dict:
-    """The machine a result came from: CPU model, cores, torch version, the device the models ran on, and a short
-    ``name`` (the GPU's name when they ran on one, else the CPU model) used in file names and by the book."""
-    import os
+    """:func:`steerlib.store.machine_description` (CPU model, cores, threads, device, versions) with the platform,
+    the threads the workload used, and a short ``name`` (the GPU's name when the models ran on one, else the CPU
+    model) used in file names and by the book."""
     import platform
     import re
 
-    import torch
+    from steerlib.store import machine_description
 
-    device = str(device)
-    accelerator = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
-    name = accelerator or cpu_model()
-    return {
-        "name": name,
-        "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "machine",
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
-        "device": device,
-        "accelerator": accelerator,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    machine = machine_description(device)
+    name = machine["accelerator"] or machine["cpu"]
+    if threads is not None:
+        machine["torch_threads"] = threads
+    return {"name": name, "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "machine", **machine,
+            "platform": platform.platform()}
 
 
 def add_output_arguments(parser) -> None:
