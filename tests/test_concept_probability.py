@@ -29,6 +29,19 @@ def test_sweep_probability_skips_invalid_and_round_trips(tmp_path):
     assert again.completions == sweep.completions and again.parameters == sweep.parameters
 
 
+
+def test_positive_peak_ignores_a_fall_from_alpha_zero():
+    """A curve highest at α = 0 (steering only lowers p̂) peaks, over α > 0, at the first positive α."""
+    sweep = _sweep()
+    assert sweep.positive_peak() == 3
+    falling = ConceptSweep(sweep.alphas, np.stack([np.full((2, 3), int(i <= 2 or i == 4)) for i in range(5)]),
+                           sweep.margins, sweep.completions, sweep.prompts, sweep.parameters)
+    assert falling.probability.argmax() == 0 and falling.positive_peak() == 4
+    negative = ConceptSweep(-np.abs(sweep.alphas), sweep.labels, sweep.margins, sweep.completions, sweep.prompts,
+                            sweep.parameters)
+    with pytest.raises(ValueError, match="no α > 0"):
+        negative.positive_peak()
+
 def test_steered_sampling_shapes_seeds_and_steering(tiny_chat_lm):
     v = torch.randn(16)
     args = dict(prompts=["I think that", "Today I feel"], alphas=[0.0, 1e4], n_samples=3, max_new_tokens=5,

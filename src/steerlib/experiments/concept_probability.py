@@ -185,6 +185,14 @@ class ConceptSweep(Result):
             return bootstrap_band(self.labels, level, n_boot, seed, invalid=INVALID)
         raise ValueError(f"method={method!r}: use 'wilson' or 'bootstrap'.")
 
+    def positive_peak(self) -> int:
+        """Index of the largest p̂(α) over ``α > 0`` (the first on ties): the peak that steering towards the concept
+        reaches, which a curve falling from ``α = 0`` would otherwise put at 0."""
+        positive = np.flatnonzero(self.alphas > 0)
+        if positive.size == 0:
+            raise ValueError("the grid has no α > 0: include positive strengths to find the peak of steering.")
+        return int(positive[np.nanargmax(self.probability[positive])])
+
     def fit(self) -> SigmoidFit:
         """:func:`fit_sigmoid` of p̂(α)."""
         return fit_sigmoid(self.alphas, self.probability)
