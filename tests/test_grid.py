@@ -174,6 +174,8 @@ def test_grid_plots_draw_shares_and_marks():
     ax = plots.plot_share_heatmap(shares, reference=0.5, title="bumps")
     marks = [t.get_text() for t in ax.texts]
     assert marks == ["+", "−", "−", "−"] and ax.get_title() == "bumps"
+    ax = plots.plot_share_heatmap(shares, reference={"evil": 0.5, "joy": -0.1})  # one reference per concept
+    assert [t.get_text() for t in ax.texts] == ["+", "+", "−", "+"]
     ax = plots.plot_share_by_block({"bump": grid_module.shares(table, "bump", by=["block"])}, reference=0.5)
     assert len(ax.lines) == 2 and list(ax.lines[0].get_ydata()) == [0.5, 0.0]
 

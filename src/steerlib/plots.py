@@ -873,10 +873,11 @@ def plot_benchmark_panels(rows, panels: Sequence[tuple[str, str, str]], *, ncols
 
 
 def plot_share_heatmap(shares, *, ax: plt.Axes | None = None, title: str | None = None,
-                       cmap: str = "viridis", reference: float | None = None) -> plt.Axes:
+                       cmap: str = "viridis", reference: float | Mapping[str, float] | None = None) -> plt.Axes:
     """Heatmap of a share over block (rows) × concept (columns), from :func:`steerlib.grid.shares`' frame (its
     ``share`` column, indexed by block and concept); blank where nothing could be measured. With ``reference``
-    (e.g. a base rate), cells whose bootstrap interval lies wholly above it are marked ``+`` and wholly below ``−``."""
+    (e.g. a base rate; one number, or one per concept), cells whose bootstrap interval lies wholly above it are
+    marked ``+`` and wholly below ``−``."""
     ax = _new_axes(ax, (FIGURE_WIDTH, 6.0))
     matrix = shares["share"].unstack("concept")
     image = ax.imshow(matrix.to_numpy(float), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -887,9 +888,10 @@ def plot_share_heatmap(shares, *, ax: plt.Axes | None = None, title: str | None 
     ax.set_ylabel("block")
     if reference is not None:
         low, high = shares["low"].unstack("concept"), shares["high"].unstack("concept")
+        references = [reference[c] if isinstance(reference, Mapping) else reference for c in matrix.columns]
         for i in range(matrix.shape[0]):
-            for j in range(matrix.shape[1]):
-                mark = "+" if low.iat[i, j] > reference else "−" if high.iat[i, j] < reference else ""
+            for j, level in enumerate(references):
+                mark = "+" if low.iat[i, j] > level else "−" if high.iat[i, j] < level else ""
                 ax.text(j, i, mark, ha="center", va="center", fontsize=8, color="white")
     ax.figure.colorbar(image, ax=ax, fraction=0.05, label="share")
     if title:
