@@ -273,10 +273,13 @@ def offline_jshtml(movie) -> str:
     """``movie.to_jshtml()`` with the player's icons as characters (no Font Awesome from a CDN), as
     :func:`steerlib.plots.animate_next_token_rows` does, so the page works offline."""
     import re
+    import warnings
 
     from steerlib.plots import _PLAYER_SYMBOLS
 
-    page = movie.to_jshtml(default_mode="once")
+    with warnings.catch_warnings():  # a sampled completion may hold a glyph the font lacks: drawn as a box
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        page = movie.to_jshtml(default_mode="once")
     page = re.sub(r'<link rel="stylesheet"\s*href="[^"]*font-awesome[^"]*">', "", page)
     return re.sub(r'<i class="fa ([^"]+)"></i>', lambda icon: _PLAYER_SYMBOLS[icon.group(1)], page)
 
