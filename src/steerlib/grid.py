@@ -248,8 +248,8 @@ def compute_model_grid(lm, concepts: Sequence[str], folder: str | os.PathLike, s
     ``sizes`` holds what the parts need: ``prompts``, ``n_texts``, ``next_token_alphas`` (relative), ``layers``
     (N random next-token blocks, ``None``: every block), ``contrastive_layers`` (``None``: those of ``layers``),
     ``resample_layers``, ``n_resamples``, ``figure_layers`` (blocks of the concept-probability and ΔCE parts),
-    ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts`` (concept probability), ``ce_alphas``, ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and
-    ``authors_alpha`` (the authors' choices).
+    ``concept_alphas`` and ``n_samples``, ``max_new_tokens``, ``cp_prompts`` (concept probability), ``ce_alphas``,
+    ``ce_blocks`` (token ids) and ``corpus`` (ΔCE), ``authors_layer`` and ``authors_alpha`` (the authors' choices).
     """
     from steerlib.judge import calibrated_embedding_judge
     from steerlib.store import atomic_write, machine_description
